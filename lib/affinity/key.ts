@@ -1,0 +1,104 @@
+// Affinity key derivation: the first matching rule with a value decides; the value is bounded,
+// scoped by rule / model / group / caller, and hashed before it reaches a store.
+import { createHash } from 'node:crypto';
+import type { Request, Response } from 'express';
+import { getNested, getPath, valueText } from '../request/json-path';
+import { queryParam } from '../request/extract';
+import type { RequestContext } from '../types';
+import type { CompiledRule, CompiledSource } from './rules';
+
+/** Values are matched against `valueRegex` only up to this many characters. */
+export const MAX_MATCHED_VALUE = 1024;
+
+export interface AffinityMatch {
+  rule: CompiledRule;
+  /** The store key (hashed; never the raw value). */
+  key: string;
+  /** A short non-reversible fingerprint for logs and hooks. */
+  fingerprint: string;
+  /** The raw value: used only to redact it from error messages; never logged or stored. */
+  rawValue: string;
+}
+
+export interface KeyInput {
+  req: Request;
+  res: Response;
+  model: string;
+  path: string;
+  group: string;
+  ctx: RequestContext;
+  body?: Record<string, unknown>;
+}
+
+function sourceValue(s: CompiledSource, input: KeyInput): string {
+  switch (s.type) {
+    case 'header': {
+      const h = input.req.headers[s.key];
+      return (Array.isArray(h) ? h[0] ?? '' : h ?? '').trim();
+    }
+    case 'query':
+      return (queryParam(input.req, s.key) ?? '').trim();
+    case 'context': {
+      const v = Object.prototype.hasOwnProperty.call(input.ctx, s.key) ? input.ctx[s.key] : (input.res.locals as Record<string, unknown>)[s.key];
+      if (typeof v === 'number') return Number.isFinite(v) && v > 0 ? String(v) : '';
+      return typeof v === 'string' ? v.trim() : '';
+    }
+    case 'body': {
+      if (!input.body) return '';
+      const v = getPath(input.body, s.path);
+      if (!s.nested) return valueText(v);
+      return valueText(getNested(v, s.nested));
+    }
+  }
+}
+
+function ruleMatches(rule: CompiledRule, input: KeyInput): boolean {
+  if (rule.neverMatches) return false;
+  if (!rule.modelRegex.some((r) => r.test(input.model))) return false;
+  if (rule.pathRegex && !rule.pathRegex.some((r) => r.test(input.path))) return false;
+  if (rule.userAgentInclude) {
+    const ua = (input.req.headers['user-agent'] ?? '').toLowerCase();
+    if (!ua || !rule.userAgentInclude.some((u) => ua.includes(u))) return false;
+  }
+  return true;
+}
+
+function hash(text: string): string {
+  return createHash('sha256').update(text).digest('base64url');
+}
+
+/** Short hex fingerprint of a value (for logs): not reversible, stable across instances. */
+export function fingerprint(value: string): string {
+  return createHash('sha256').update(value).digest('hex').slice(0, 12);
+}
+
+/** Rule part of a key: the encoded rule name, or `_` when the rule does not include it. */
+export function rulePart(rule: { name: string; includeRuleName: boolean }): string {
+  return rule.includeRuleName ? encodeURIComponent(rule.name) : '_';
+}
+
+/** Finds the deciding rule and derives its key, or undefined when no rule yields a value. */
+export function matchAffinity(rules: readonly CompiledRule[], input: KeyInput): AffinityMatch | undefined {
+  for (const rule of rules) {
+    if (!ruleMatches(rule, input)) continue;
+    let value = '';
+    for (const s of rule.sources) {
+      value = sourceValue(s, input);
+      if (value) break;
+    }
+    if (!value) continue;
+    if (rule.valueRegex && !rule.valueRegex.test(value.length > MAX_MATCHED_VALUE ? value.slice(0, MAX_MATCHED_VALUE) : value)) continue;
+    const caller = input.ctx.tokenId !== undefined && input.ctx.tokenId !== null && input.ctx.tokenId !== ''
+      ? `t:${String(input.ctx.tokenId)}`
+      : input.ctx.userId !== undefined && input.ctx.userId !== null && input.ctx.userId !== '' ? `u:${String(input.ctx.userId)}` : '';
+    const scope = [
+      rule.includeRuleName ? rule.name : '',
+      rule.includeModelName ? input.model : '',
+      rule.includeUsingGroup ? input.group : '',
+      caller,
+      value,
+    ].join('\u0000');
+    return { rule, key: `aff:${rulePart(rule)}:${hash(scope)}`, fingerprint: fingerprint(value), rawValue: value };
+  }
+  return undefined;
+}

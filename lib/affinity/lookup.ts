@@ -1,0 +1,61 @@
+// Affinity lookup before selection: read the pin (one store round trip), check it is still
+// usable, use it, or clear it (compare-and-delete with the exact key that was read).
+import type { Request, Response } from 'express';
+import type { RegisteredChannel } from '../channels/registry';
+import { callHook } from '../hooks';
+import type { ParsedRequest } from '../request/extract';
+import type { RequestRun } from '../retry/distribution';
+import type { Runtime } from '../runtime';
+import { ChannelStatus, type Channel, type StaleReason } from '../types';
+import { matchAffinity } from './key';
+
+/** Why a pin cannot be used, or the group it serves in. */
+function checkPin(rt: Runtime, run: RequestRun, id: number): { reason: StaleReason } | { ch: RegisteredChannel; group: string } {
+  const ch = rt.registry.get(id);
+  if (!ch) return { reason: 'missing' };
+  if (ch.status !== ChannelStatus.Enabled) return { reason: 'disabled' };
+  const group = run.groups.find((g) => rt.registry.serves(id, g, run.model));
+  if (group === undefined) return { reason: 'ineligible' };
+  if (rt.health.isCooling(id)) return { reason: 'cooling' };
+  return { ch, group };
+}
+
+/**
+ * Runs affinity for a request. Resolves true when the pinned channel was set up and is now the
+ * current channel; false when selection must run (no rule, no pin, or a stale pin).
+ */
+export async function usePin(rt: Runtime, run: RequestRun, req: Request, res: Response, parsed: ParsedRequest): Promise<boolean> {
+  const { cfg } = rt;
+  const match = matchAffinity(cfg.affinity.rules, {
+    req, res, model: run.model, path: parsed.path, group: run.group, ctx: run.ctx, body: parsed.body,
+  });
+  if (!match) return false;
+  run.match = match;
+  const info = (run.affinity = { rule: match.rule.name, hit: false, used: false, cleared: false } as NonNullable<RequestRun['affinity']>);
+  const pinned = await rt.guard.run('getPin', () => cfg.store.getPin(match.key, match.rule.ttlMs), null);
+  if (pinned === null || pinned === undefined) {
+    run.trace.push(`affinity:miss rule=${match.rule.name}`);
+    callHook(cfg, 'affinityMiss', { req, rule: match.rule.name, fingerprint: match.fingerprint });
+    return false;
+  }
+  info.hit = true;
+  run.pinnedId = pinned;
+  const checked = checkPin(rt, run, pinned);
+  let stale: StaleReason | undefined;
+  if ('reason' in checked) stale = checked.reason;
+  else if (await run.trySetup(checked.ch, checked.group)) {
+    info.used = true;
+    run.trace.push(`affinity:hit ch=${pinned}`);
+    callHook(cfg, 'affinityHit', { req, rule: match.rule.name, channelId: pinned, fingerprint: match.fingerprint });
+    callHook(cfg, 'select', { req, channel: res.locals.channel as Channel, group: checked.group, model: run.model, reason: 'affinity' });
+    return true;
+  } else stale = 'setup_failed';
+  info.stale = stale;
+  if (!cfg.affinity.keepOnChannelDisabled) {
+    info.cleared = await rt.guard.run('clearPin', () => cfg.store.clearPin(match.key, pinned), false);
+  }
+  run.trace.push(`affinity:stale(${stale}) ch=${pinned}${info.cleared ? ' cleared' : ''}`);
+  callHook(cfg, 'affinityStale', { req, rule: match.rule.name, channelId: pinned, reason: stale, cleared: info.cleared });
+  if (rt.debug) cfg.logger.debug?.('stale affinity pin', { rule: match.rule.name, fingerprint: match.fingerprint, channelId: pinned, reason: stale, cleared: info.cleared });
+  return false;
+}

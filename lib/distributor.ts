@@ -1,0 +1,138 @@
+// The distributor() factory and the per-request pipeline:
+// parse -> routing checks -> affinity lookup -> select + setup (fallback) -> next() -> finish.
+import type { NextFunction, Request, RequestHandler, Response } from 'express';
+import { usePin } from './affinity/lookup';
+import type { ChannelRegistry } from './channels/registry';
+import { DistributorError, errorBody } from './errors';
+import { callHook } from './hooks';
+import { resolveOptions, type Config } from './options';
+import { parseRequest } from './request/extract';
+import { resolveRouting } from './request/routing';
+import { RequestRun } from './retry/distribution';
+import { createRuntime, type Runtime } from './runtime';
+import type { Store } from './stores/store';
+import { ChannelStatus, type Channel, type DistributorOptions } from './types';
+import { runValidations } from './validations';
+
+/** The middleware, with the registry and store it uses and a `shutdown()`. */
+export interface DistributorHandler extends RequestHandler {
+  readonly registry: ChannelRegistry;
+  readonly store: Store;
+  /** Stops timers and subscriptions this distributor started; never closes a client you passed in. */
+  shutdown(): Promise<void>;
+  /** Re-reads shared health and status overrides from the store now. */
+  syncHealth(): Promise<void>;
+  /** Is a channel cooling down on this instance's view? */
+  isCoolingDown(channelId: number): boolean;
+}
+
+function sendError(cfg: Config, err: DistributorError, req: Request, res: Response, next: NextFunction): void {
+  if (cfg.onError) {
+    try {
+      cfg.onError(err, req, res, next);
+    } catch (e) {
+      next(e);
+    }
+    return;
+  }
+  if (res.headersSent) {
+    next(err);
+    return;
+  }
+  res.status(err.status).json(errorBody(err));
+}
+
+async function distribute(rt: Runtime, req: Request, res: Response): Promise<'next' | DistributorError> {
+  const { cfg } = rt;
+  if (cfg.shouldSelect && !cfg.shouldSelect(req)) {
+    res.locals.distribution = notSelected(rt, req, res);
+    return 'next';
+  }
+  const parsed = await parseRequest(req, cfg);
+  const routing = await resolveRouting(req, res, cfg, parsed);
+  const run = new RequestRun(rt, req, res, routing.ctx, parsed.model, routing.group, routing.groups, routing.specificChannelId !== undefined);
+  res.locals.distribution = run;
+  rt.counters.active++;
+  let finalized = false;
+  const finalize = (finished: boolean) => {
+    if (finalized) return;
+    finalized = true;
+    run.finalize(finished);
+  };
+  res.once('finish', () => finalize(true));
+  res.once('close', () => finalize(res.writableFinished));
+  if (routing.specificChannelId !== undefined) return specificChannel(rt, run, req, routing.specificChannelId);
+  if (!parsed.model) return new DistributorError('model_required', 'Model name not specified, model name cannot be empty', 400);
+  let ok = cfg.affinity.enabled && cfg.affinity.rules.length > 0 && (await usePin(rt, run, req, res, parsed));
+  if (!ok) ok = await run.selectWithFallback(cfg.retry.times + 1, run.tried.length ? 'fallback' : 'select', run.groups);
+  if (!ok) return run.noChannelError();
+  if (cfg.traceHeader) res.setHeader('x-distributor-trace', run.trace.join(' -> '));
+  if (rt.debug) {
+    cfg.logger.debug?.('channel selected', {
+      channelId: run.current?.id, group: run.selectedGroup, model: run.model, rule: run.affinity?.rule,
+      fingerprint: run.match?.fingerprint, stale: run.affinity?.stale, tried: run.tried,
+    });
+  }
+  return 'next';
+}
+
+async function specificChannel(rt: Runtime, run: RequestRun, req: Request, id: number): Promise<'next' | DistributorError> {
+  const ch = rt.registry.get(id);
+  if (!ch) return new DistributorError('invalid_channel_id', 'Invalid channel ID', 400);
+  if (ch.status !== ChannelStatus.Enabled) return new DistributorError('channel_disabled', 'This channel has been disabled', 403);
+  if (!(await run.trySetup(ch, run.group))) {
+    const last = run.attempts[run.attempts.length - 1]?.reason ?? 'setup failed';
+    return new DistributorError('channel_setup_failed', `Channel ${id} could not be set up: ${last}`, 503);
+  }
+  run.trace.push(`specific ch=${id}`);
+  callHook(rt.cfg, 'select', { req, channel: req.res?.locals.channel as Channel, group: run.group, model: run.model, reason: 'specific' });
+  return 'next';
+}
+
+function notSelected(rt: Runtime, req: Request, res: Response): RequestRun {
+  const run = new RequestRun(rt, req, res, {}, '', '', [], false);
+  rt.counters.active++;
+  res.once('close', () => run.finalize(false));
+  return run;
+}
+
+/**
+ * Creates the distributor middleware.
+ *
+ * @example
+ * app.use('/v1', distributor({ channels: [{ id: 1, models: 'gpt-4o', key: 'sk-...' }] }));
+ * app.post('/v1/chat/completions', (req, res) => relayTo(res.locals.channel));
+ */
+export function distributor(options: DistributorOptions): DistributorHandler {
+  const cfg = resolveOptions(options);
+  runValidations(cfg, options);
+  const rt = createRuntime(cfg);
+  rt.health.start();
+
+  const handler = function distributorMiddleware(req: Request, res: Response, next: NextFunction): void {
+    distribute(rt, req, res).then(
+      (out) => {
+        if (out === 'next') next();
+        else sendError(cfg, out, req, res, next);
+      },
+      (err: unknown) => {
+        if (err instanceof DistributorError) sendError(cfg, err, req, res, next);
+        else next(err);
+      },
+    );
+  } as DistributorHandler;
+
+  Object.defineProperties(handler, {
+    registry: { value: cfg.registry, enumerable: true },
+    store: { value: cfg.store, enumerable: true },
+    shutdown: {
+      value: async () => {
+        rt.health.stop();
+        if (cfg.ownsStore) await cfg.store.shutdown?.();
+      },
+    },
+    syncHealth: { value: () => rt.health.sync() },
+    isCoolingDown: { value: (id: number) => rt.health.isCooling(id) },
+  });
+  return handler;
+}

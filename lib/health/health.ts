@@ -1,0 +1,208 @@
+// Channel health: cooldowns after repeated failures and auto-disable rules, mirrored locally
+// (so selection does no I/O) and shared through the store (push events plus a polling backstop).
+import type { ChannelRegistry, RegisteredChannel } from '../channels/registry';
+import type { Config } from '../options';
+import type { HealthSnapshot, StoreEvent } from '../stores/store';
+import { ChannelStatus, type RetryFailure } from '../types';
+import type { StoreGuard } from '../store-guard';
+import { callHook } from '../hooks';
+
+/** Failures that count against a channel's health: no status, 429, 5xx, or a retryable status. */
+export function countsAsFailure(statusTable: Uint8Array, status: number | undefined): boolean {
+  if (status === undefined) return true;
+  if (status === 429 || status >= 500) return true;
+  return status >= 100 && status < 600 && statusTable[status] === 1 && !(status >= 200 && status < 300);
+}
+
+function failureText(error: unknown): string {
+  if (!error) return '';
+  if (typeof error === 'string') return error;
+  if (error instanceof Error) return error.message;
+  if (typeof error === 'object') {
+    const e = error as { message?: unknown; error?: { message?: unknown } };
+    if (typeof e.message === 'string') return e.message;
+    if (e.error && typeof e.error.message === 'string') return e.error.message;
+    try {
+      return JSON.stringify(error);
+    } catch {
+      return '';
+    }
+  }
+  return String(error);
+}
+
+export class HealthBook {
+  private cooldowns = new Map<number, number>();
+  private statusOverrides = new Map<number, ChannelStatus>();
+  private keyOverrides = new Map<number, number[]>();
+  private timer?: NodeJS.Timeout;
+  private unsubscribe?: () => void;
+  private unwatch?: () => void;
+  private applyingRemote = false;
+
+  constructor(
+    private readonly cfg: Config,
+    private readonly registry: ChannelRegistry,
+    private readonly guard: StoreGuard,
+  ) {}
+
+  /** Starts listening: store events, a polling backstop, and local registry changes to publish. */
+  start(): void {
+    const { store } = this.cfg;
+    this.unwatch = this.registry.onChange((change) => {
+      if (change.type === 'reload') {
+        this.reapplyOverrides();
+        return;
+      }
+      if (change.source !== 'local' || this.applyingRemote) return;
+      if (change.type === 'status') {
+        const status = change.status === ChannelStatus.Enabled ? null : change.status;
+        if (status === null) this.statusOverrides.delete(change.id);
+        else this.statusOverrides.set(change.id, status);
+        void this.guard.run('setOverride', () => store.setOverride(change.id, { status }), undefined);
+      } else if (change.type === 'keys') {
+        if (change.disabledKeys.length) this.keyOverrides.set(change.id, change.disabledKeys);
+        else this.keyOverrides.delete(change.id);
+        void this.guard.run('setOverride', () => store.setOverride(change.id, { disabledKeys: change.disabledKeys }), undefined);
+      }
+    });
+    if (store.subscribe) {
+      try {
+        this.unsubscribe = store.subscribe((e) => this.onEvent(e));
+      } catch (e) {
+        this.guard.report('subscribe', e);
+      }
+    }
+    void this.sync();
+    if (!store.localKeys || !store.subscribe) {
+      this.timer = setInterval(() => void this.sync(), this.cfg.syncIntervalMs);
+      this.timer.unref();
+    }
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.unsubscribe?.();
+    this.unwatch?.();
+  }
+
+  /** Is the channel cooling down right now? (local, no I/O) */
+  isCooling(id: number, now = Date.now()): boolean {
+    const until = this.cooldowns.get(id);
+    if (until === undefined) return false;
+    if (until > now) return true;
+    this.cooldowns.delete(id);
+    return false;
+  }
+
+  cooldownUntil(id: number): number | undefined {
+    return this.isCooling(id) ? this.cooldowns.get(id) : undefined;
+  }
+
+  /** Re-reads every cooldown and override from the store (backstop for missed events). */
+  async sync(): Promise<void> {
+    const snap = await this.guard.run<HealthSnapshot | null>('loadHealth', () => this.cfg.store.loadHealth(), null);
+    if (!snap) return;
+    this.applySnapshot(snap);
+  }
+
+  applySnapshot(snap: HealthSnapshot): void {
+    const now = Date.now();
+    const seen = new Set<number>();
+    for (const [id, until] of Object.entries(snap.cooldowns)) {
+      seen.add(Number(id));
+      if (until > now) this.cooldowns.set(Number(id), until);
+    }
+    for (const id of this.cooldowns.keys()) if (!seen.has(id)) this.cooldowns.delete(id);
+    // Statuses: apply only what changed since the last snapshot, so a local replaceAll()
+    // is not overwritten by an override it already reflects.
+    const statuses = new Map(Object.entries(snap.statuses).map(([k, v]) => [Number(k), v] as const));
+    for (const [id, status] of statuses) {
+      if (this.statusOverrides.get(id) !== status) this.onEvent({ type: 'status', channelId: id, status });
+    }
+    for (const id of [...this.statusOverrides.keys()]) if (!statuses.has(id)) this.onEvent({ type: 'status', channelId: id, status: null });
+    const keys = new Map(Object.entries(snap.disabledKeys).map(([k, v]) => [Number(k), v] as const));
+    for (const [id, list] of keys) {
+      if (String(this.keyOverrides.get(id)) !== String(list)) this.onEvent({ type: 'keys', channelId: id, disabledKeys: list });
+    }
+    for (const id of [...this.keyOverrides.keys()]) if (!keys.has(id)) this.onEvent({ type: 'keys', channelId: id, disabledKeys: [] });
+  }
+
+  /** Applies a change made by any instance (including this one, idempotently). */
+  onEvent(e: StoreEvent): void {
+    this.applyingRemote = true;
+    try {
+      if (e.type === 'cooldown') {
+        if (e.until > Date.now()) this.cooldowns.set(e.channelId, e.until);
+        else this.cooldowns.delete(e.channelId);
+      } else if (e.type === 'status') {
+        if (e.status === null) {
+          const had = this.statusOverrides.delete(e.channelId);
+          if (had) this.registry.applyStatus(e.channelId, ChannelStatus.Enabled, 'remote');
+        } else {
+          this.statusOverrides.set(e.channelId, e.status);
+          if (this.registry.get(e.channelId)?.status !== e.status) this.registry.applyStatus(e.channelId, e.status, 'remote');
+        }
+      } else {
+        if (e.disabledKeys.length) this.keyOverrides.set(e.channelId, [...e.disabledKeys]);
+        else this.keyOverrides.delete(e.channelId);
+        if (this.registry.get(e.channelId)) this.registry.applyDisabledKeys(e.channelId, e.disabledKeys, 'remote');
+      }
+    } finally {
+      this.applyingRemote = false;
+    }
+  }
+
+  private reapplyOverrides(): void {
+    this.applyingRemote = true;
+    try {
+      for (const [id, status] of this.statusOverrides) {
+        if (this.registry.get(id) && this.registry.get(id)?.status !== status) this.registry.applyStatus(id, status, 'remote');
+      }
+      for (const [id, keys] of this.keyOverrides) if (this.registry.get(id)) this.registry.applyDisabledKeys(id, keys, 'remote');
+    } finally {
+      this.applyingRemote = false;
+    }
+  }
+
+  /**
+   * Feeds one upstream failure of a channel into the health rules. Cooldowns go through the
+   * store; an auto-disable updates the registry (which publishes it to the other instances).
+   */
+  async recordFailure(ch: RegisteredChannel, keyIndex: number | undefined, failure: RetryFailure): Promise<void> {
+    const { cooldown, autoDisable } = this.cfg.health;
+    if (autoDisable && ch.autoBan && this.shouldDisable(failure)) this.disable(ch, keyIndex);
+    if (cooldown && countsAsFailure(this.cfg.retry.statusTable, failure.status)) {
+      const until = await this.guard.run('recordFailure', () => this.cfg.store.recordFailure(ch.id, cooldown, Date.now()), null);
+      if (until) {
+        this.cooldowns.set(ch.id, until);
+        this.cfg.logger.warn('channel cooling down', { channelId: ch.id, until: new Date(until).toISOString() });
+        callHook(this.cfg, 'health', { channelId: ch.id, event: 'cooldown', until });
+      }
+    }
+  }
+
+  private shouldDisable(failure: RetryFailure): boolean {
+    const ad = this.cfg.health.autoDisable;
+    if (!ad) return false;
+    if (failure.status !== undefined && ad.statusCodes.has(failure.status)) return true;
+    if (ad.keywords.length === 0) return false;
+    const text = failureText(failure.error).toLowerCase();
+    return !!text && ad.keywords.some((k) => text.includes(k));
+  }
+
+  private disable(ch: RegisteredChannel, keyIndex: number | undefined): void {
+    if (ch.keys.length > 1 && keyIndex !== undefined) {
+      const keys = new Set(ch.disabledKeys);
+      keys.add(keyIndex);
+      this.registry.applyDisabledKeys(ch.id, [...keys].sort((a, b) => a - b), 'local');
+      callHook(this.cfg, 'health', { channelId: ch.id, event: 'key_disabled', keyIndex });
+      this.cfg.logger.warn('channel key auto-disabled', { channelId: ch.id, keyIndex });
+      if (keys.size < ch.keys.length) return;
+    }
+    if (ch.status === ChannelStatus.AutoDisabled) return;
+    this.registry.applyStatus(ch.id, ChannelStatus.AutoDisabled, 'local');
+    this.cfg.logger.warn('channel auto-disabled', { channelId: ch.id });
+    callHook(this.cfg, 'health', { channelId: ch.id, event: 'auto_disabled' });
+  }
+}

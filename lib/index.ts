@@ -1,0 +1,24 @@
+// Public exports of express-channel-distributor.
+import { distributor } from './distributor';
+
+export { distributor };
+export default distributor;
+export type { DistributorHandler } from './distributor';
+export { ChannelRegistry, normalizeModelName } from './channels/registry';
+export type { RegisteredChannel, Tier } from './channels/registry';
+export { MemoryStore } from './stores/memory';
+export type { MemoryStoreOptions } from './stores/memory';
+export type { Store, StoreEvent, HealthSnapshot, CooldownPolicy } from './stores/store';
+export { DistributorError, errorBody } from './errors';
+export type { OpenAIErrorBody, RequestErrorCode, ConfigErrorCode } from './errors';
+export { affinityFromNewApi, defaultAffinityRules } from './affinity/rules';
+export type { NewApiAffinitySetting } from './affinity/rules';
+export { parseStatusRanges, isRetryable, DEFAULT_RETRY_STATUS } from './retry/status-ranges';
+export { redactFormat, redactText, createDefaultLogger } from './logging/logger';
+export { DEFAULT_DISABLE_KEYWORDS } from './options';
+export { ChannelStatus } from './types';
+export type {
+  ChannelInput, Channel, RequestContext, KeySource, AffinityRule, AffinityOptions, RetryOptions,
+  HealthOptions, Logger, StaleReason, StopReason, AffinityInfo, Attempt, RetryFailure, Distribution,
+  ExtractedRequest, DistributorHooks, DistributorOptions, ErrorHandler,
+} from './types';

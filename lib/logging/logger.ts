@@ -1,0 +1,48 @@
+// The default winston logger (level warn, component field) and a redaction format for secrets.
+import winston from 'winston';
+import type { Logger } from '../types';
+
+const SECRET_KEY = /key|token|secret|authorization|password|cookie/i;
+const REDACTED = '[REDACTED]';
+
+function redactValue(v: unknown, depth: number): unknown {
+  if (depth > 6 || v === null || typeof v !== 'object') return v;
+  if (Array.isArray(v)) return v.map((x) => redactValue(x, depth + 1));
+  const out: Record<string, unknown> = {};
+  for (const [k, val] of Object.entries(v as Record<string, unknown>)) {
+    out[k] = SECRET_KEY.test(k) && (typeof val === 'string' || typeof val === 'number') ? REDACTED : redactValue(val, depth + 1);
+  }
+  return out;
+}
+
+/** Masks `Bearer ...` and `sk-...` style tokens inside free text. */
+export function redactText(text: string): string {
+  return text
+    .replace(/(bearer\s+)[^\s"',;]+/gi, `$1${REDACTED}`)
+    .replace(/\bsk-[A-Za-z0-9_\-]{6,}/g, REDACTED);
+}
+
+/**
+ * A winston format that masks fields named like key/token/secret/authorization/password and
+ * bearer or `sk-` tokens in messages. Use it in your own loggers too.
+ */
+export const redactFormat = winston.format((info) => {
+  for (const k of Object.keys(info)) {
+    const v = (info as Record<string, unknown>)[k];
+    if (k === 'level' || k === 'message') continue;
+    if (SECRET_KEY.test(k) && (typeof v === 'string' || typeof v === 'number')) (info as Record<string, unknown>)[k] = REDACTED;
+    else if (v && typeof v === 'object') (info as Record<string, unknown>)[k] = redactValue(v, 0);
+  }
+  if (typeof info.message === 'string') info.message = redactText(info.message);
+  return info;
+});
+
+/** The logger used when none is injected: winston, level `warn`, JSON lines on stderr. */
+export function createDefaultLogger(level = 'warn'): Logger {
+  return winston.createLogger({
+    level,
+    defaultMeta: { component: 'express-channel-distributor' },
+    format: winston.format.combine(redactFormat(), winston.format.timestamp(), winston.format.json()),
+    transports: [new winston.transports.Console({ stderrLevels: ['error', 'warn', 'info', 'debug'] })],
+  });
+}

@@ -1,0 +1,208 @@
+// Public options -> the resolved configuration, once, with defaults and fail-fast checks.
+import type { Request, Response } from 'express';
+import { compileRules, defaultAffinityRules, type CompiledRule } from './affinity/rules';
+import { ChannelRegistry } from './channels/registry';
+import { configError } from './errors';
+import { createDefaultLogger } from './logging/logger';
+import { parseBytes } from './request/body';
+import { DEFAULT_RETRY_STATUS, parseStatusRanges } from './retry/status-ranges';
+import { MemoryStore } from './stores/memory';
+import type { Store } from './stores/store';
+import type { DistributorHooks, DistributorOptions, ErrorHandler, ExtractedRequest, Logger, RequestContext } from './types';
+import type { TierStrategy } from './selection/select';
+
+/** The reference's default auto-disable keywords (matched case-insensitively). */
+export const DEFAULT_DISABLE_KEYWORDS = [
+  'Your credit balance is too low',
+  'This organization has been disabled.',
+  'You exceeded your current quota',
+  'Permission denied',
+  'The security token included in the request is invalid',
+  'Operation not allowed',
+  'Your account is not authorized',
+];
+
+export interface Config {
+  registry: ChannelRegistry;
+  store: Store;
+  ownsStore: boolean;
+  context: (req: Request, res: Response) => RequestContext | undefined | Promise<RequestContext | undefined>;
+  extractModel?: (req: Request) => string | ExtractedRequest | undefined | Promise<string | ExtractedRequest | undefined>;
+  shouldSelect?: (req: Request) => boolean;
+  allowBodyGroup: boolean;
+  usableGroups?: (userGroup: string | undefined) => string[];
+  autoGroups: string[];
+  bodyLimit: number;
+  multipart: boolean;
+  setup?: DistributorOptions['setup'];
+  affinity: {
+    enabled: boolean;
+    rules: CompiledRule[];
+    switchOnSuccess: boolean;
+    keepOnChannelDisabled: boolean;
+    clearOnFailure: boolean;
+    defaultTtlMs: number;
+  };
+  retry: {
+    times: number;
+    statusTable: Uint8Array;
+    tierStrategy: TierStrategy;
+    budget?: { percent: number; minConcurrent: number };
+    maxRetryAfterMs: number;
+  };
+  health: {
+    cooldown?: { failures: number; windowMs: number; durationMs: number };
+    autoDisable?: { statusCodes: Set<number>; keywords: string[] };
+  };
+  random: () => number;
+  logger: Logger;
+  on: DistributorHooks;
+  onError?: ErrorHandler;
+  traceHeader: boolean;
+  syncIntervalMs: number;
+}
+
+/** Every option name, kept in sync with the type by the compiler (a missing key fails the build). */
+export const KNOWN_OPTIONS: { [K in keyof Required<DistributorOptions>]: true } = {
+  channels: true, store: true, context: true, extractModel: true, shouldSelect: true, allowBodyGroup: true,
+  usableGroups: true, autoGroups: true, bodyLimit: true, multipart: true, setup: true, affinity: true,
+  retry: true, health: true, random: true, logger: true, on: true, onError: true, traceHeader: true,
+  validate: true, syncIntervalMs: true,
+};
+
+function fn<T>(name: string, v: T | undefined): T | undefined {
+  if (v !== undefined && typeof v !== 'function') throw configError(`${name} must be a function`);
+  return v;
+}
+
+function nonNegInt(name: string, v: unknown, def: number): number {
+  if (v === undefined) return def;
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0) throw configError(`${name} must be an integer >= 0`);
+  return v;
+}
+
+function positive(name: string, v: unknown, def: number): number {
+  if (v === undefined) return def;
+  if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) throw configError(`${name} must be a number > 0`);
+  return v;
+}
+
+function bool(name: string, v: unknown, def: boolean): boolean {
+  if (v === undefined) return def;
+  if (typeof v !== 'boolean') throw configError(`${name} must be a boolean`);
+  return v;
+}
+
+function isStore(s: unknown): s is Store {
+  if (!s || typeof s !== 'object') return false;
+  const o = s as Record<string, unknown>;
+  return ['getPin', 'setPin', 'clearPin', 'recordFailure', 'setOverride', 'loadHealth'].every((m) => typeof o[m] === 'function');
+}
+
+function defaultContext(_req: Request, res: Response): RequestContext | undefined {
+  const t = (res.locals as Record<string, unknown>).token;
+  return t && typeof t === 'object' ? (t as RequestContext) : undefined;
+}
+
+/** Resolves options into a Config. Throws `ERR_DIST_INVALID_OPTIONS` / `ERR_DIST_INVALID_CHANNEL`. */
+export function resolveOptions(options: DistributorOptions): Config {
+  if (!options || typeof options !== 'object') throw configError('distributor() needs an options object with channels');
+  const o = options;
+  if (o.channels === undefined) throw configError('options.channels is required (an array or a ChannelRegistry)');
+  const registry = o.channels instanceof ChannelRegistry ? o.channels : new ChannelRegistry(o.channels);
+  if (o.store !== undefined && !isStore(o.store)) {
+    throw configError('options.store must implement getPin, setPin, clearPin, recordFailure, setOverride and loadHealth');
+  }
+  let bodyLimit: number;
+  try {
+    bodyLimit = parseBytes(o.bodyLimit ?? '20mb');
+  } catch (e) {
+    throw configError(`options.bodyLimit: ${(e as Error).message}`);
+  }
+  if (o.autoGroups !== undefined && (!Array.isArray(o.autoGroups) || o.autoGroups.some((g) => typeof g !== 'string' || !g))) {
+    throw configError('options.autoGroups must be an array of group names');
+  }
+  const aff = o.affinity ?? {};
+  if (typeof aff !== 'object') throw configError('options.affinity must be an object');
+  const defaultTtlSeconds = positive('affinity.defaultTtlSeconds', aff.defaultTtlSeconds, 3600);
+  const retry = o.retry ?? {};
+  if (typeof retry !== 'object') throw configError('options.retry must be an object');
+  if (retry.tierStrategy !== undefined && retry.tierStrategy !== 'restart' && retry.tierStrategy !== 'descend') {
+    throw configError("retry.tierStrategy must be 'restart' or 'descend'");
+  }
+  let budget: Config['retry']['budget'];
+  if (retry.budget !== undefined) {
+    if (!retry.budget || typeof retry.budget !== 'object') throw configError('retry.budget must be an object');
+    budget = {
+      percent: positive('retry.budget.percent', retry.budget.percent, 20),
+      minConcurrent: nonNegInt('retry.budget.minConcurrent', retry.budget.minConcurrent, 3),
+    };
+  }
+  const health = o.health ?? {};
+  if (typeof health !== 'object') throw configError('options.health must be an object');
+  let cooldown: Config['health']['cooldown'];
+  if (health.cooldown !== undefined) {
+    if (!health.cooldown || typeof health.cooldown !== 'object') throw configError('health.cooldown must be an object');
+    cooldown = {
+      failures: positive('health.cooldown.failures', health.cooldown.failures, 3),
+      windowMs: positive('health.cooldown.windowMs', health.cooldown.windowMs, 60_000),
+      durationMs: positive('health.cooldown.durationMs', health.cooldown.durationMs, 30_000),
+    };
+  }
+  let autoDisable: Config['health']['autoDisable'];
+  if (health.autoDisable !== undefined) {
+    const ad = health.autoDisable;
+    if (!ad || typeof ad !== 'object') throw configError('health.autoDisable must be an object');
+    if (ad.statusCodes !== undefined && (!Array.isArray(ad.statusCodes) || ad.statusCodes.some((s) => !Number.isInteger(s)))) {
+      throw configError('health.autoDisable.statusCodes must be an array of statuses');
+    }
+    if (ad.keywords !== undefined && (!Array.isArray(ad.keywords) || ad.keywords.some((s) => typeof s !== 'string'))) {
+      throw configError('health.autoDisable.keywords must be an array of strings');
+    }
+    autoDisable = {
+      statusCodes: new Set(ad.statusCodes ?? [401]),
+      keywords: (ad.keywords ?? DEFAULT_DISABLE_KEYWORDS).map((k) => k.toLowerCase()).filter((k) => k),
+    };
+  }
+  const logger = o.logger ?? createDefaultLogger();
+  if (typeof logger.warn !== 'function' || typeof logger.error !== 'function') throw configError('options.logger must have warn() and error()');
+  if (o.on !== undefined && (typeof o.on !== 'object' || o.on === null)) throw configError('options.on must be an object of hooks');
+  for (const [k, v] of Object.entries(o.on ?? {})) if (typeof v !== 'function') throw configError(`options.on.${k} must be a function`);
+  const store = o.store ?? new MemoryStore();
+  return {
+    registry,
+    store,
+    ownsStore: o.store === undefined,
+    context: fn('options.context', o.context) ?? defaultContext,
+    extractModel: fn('options.extractModel', o.extractModel),
+    shouldSelect: fn('options.shouldSelect', o.shouldSelect),
+    allowBodyGroup: bool('options.allowBodyGroup', o.allowBodyGroup, false),
+    usableGroups: fn('options.usableGroups', o.usableGroups),
+    autoGroups: o.autoGroups ? [...o.autoGroups] : ['default'],
+    bodyLimit,
+    multipart: bool('options.multipart', o.multipart, false),
+    setup: fn('options.setup', o.setup),
+    affinity: {
+      enabled: bool('affinity.enabled', aff.enabled, true),
+      rules: compileRules(aff.rules ?? defaultAffinityRules(), defaultTtlSeconds),
+      switchOnSuccess: bool('affinity.switchOnSuccess', aff.switchOnSuccess, true),
+      keepOnChannelDisabled: bool('affinity.keepOnChannelDisabled', aff.keepOnChannelDisabled, false),
+      clearOnFailure: bool('affinity.clearOnFailure', aff.clearOnFailure, true),
+      defaultTtlMs: defaultTtlSeconds * 1000,
+    },
+    retry: {
+      times: nonNegInt('retry.times', retry.times, 2),
+      statusTable: parseStatusRanges(retry.statusCodes ?? DEFAULT_RETRY_STATUS),
+      tierStrategy: retry.tierStrategy ?? 'restart',
+      budget,
+      maxRetryAfterMs: nonNegInt('retry.maxRetryAfterMs', retry.maxRetryAfterMs, 0),
+    },
+    health: { cooldown, autoDisable },
+    random: fn('options.random', o.random) ?? Math.random,
+    logger,
+    on: o.on ?? {},
+    onError: fn('options.onError', o.onError),
+    traceHeader: bool('options.traceHeader', o.traceHeader, false),
+    syncIntervalMs: positive('options.syncIntervalMs', o.syncIntervalMs, 1000),
+  };
+}

@@ -1,0 +1,160 @@
+// Request parsing: the model and body group, from the body, the path and the query.
+import type { Request } from 'express';
+import { badRequest } from '../errors';
+import type { ExtractedRequest } from '../types';
+import { bodyAlreadyRead, bodyKind, markBodyRead, multipartField, readRaw } from './body';
+
+export interface ParsedRequest {
+  path: string;
+  model: string;
+  bodyGroup?: string;
+  /** The parsed body object when there is one (for body key sources). */
+  body?: Record<string, unknown>;
+}
+
+export interface ParseConfig {
+  bodyLimit: number;
+  multipart: boolean;
+  extractModel?: (req: Request) => string | ExtractedRequest | undefined | Promise<string | ExtractedRequest | undefined>;
+}
+
+/** Pathname of `req.originalUrl`, so mounting at `/` or `/v1` behaves the same. */
+export function pathOf(req: Request): string {
+  const url = req.originalUrl ?? req.url;
+  const q = url.indexOf('?');
+  return q === -1 ? url : url.slice(0, q);
+}
+
+function queryOf(req: Request): URLSearchParams | undefined {
+  const url = req.originalUrl ?? req.url;
+  const q = url.indexOf('?');
+  return q === -1 ? undefined : new URLSearchParams(url.slice(q + 1));
+}
+
+const DEFAULT_MODELS: Array<[string, string]> = [
+  ['/v1/moderations', 'text-moderation-stable'],
+  ['/v1/images/generations', 'dall-e'],
+  ['/v1/audio/speech', 'tts-1'],
+  ['/v1/audio/transcriptions', 'whisper-1'],
+  ['/v1/audio/translations', 'whisper-1'],
+];
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return v !== null && typeof v === 'object' && !Array.isArray(v) && !Buffer.isBuffer(v);
+}
+
+function stringField(body: Record<string, unknown> | undefined, field: 'model' | 'group'): string | undefined {
+  if (!body || !Object.prototype.hasOwnProperty.call(body, field)) return undefined;
+  const v = body[field];
+  if (v === null || v === undefined) return undefined;
+  if (typeof v !== 'string') throw badRequest(`Invalid request: field ${field} must be a string`);
+  return v;
+}
+
+/** Reads the body when no parser did, and returns the parsed object (if any). */
+async function readBody(req: Request, cfg: ParseConfig): Promise<{ body?: Record<string, unknown>; multipartModel?: string }> {
+  const ct = req.headers['content-type'];
+  const kind = bodyKind(ct);
+  if (bodyAlreadyRead(req)) {
+    const b: unknown = req.body;
+    if (isPlainObject(b)) return { body: b };
+    if (kind === 'json' && b !== undefined && b !== null && !(typeof b === 'string' && b === '')) {
+      throw badRequest('Invalid request: the JSON body must be an object');
+    }
+    return {};
+  }
+  if (kind === 'json') {
+    const raw = await readRaw(req, cfg.bodyLimit);
+    if (raw.length === 0 || isBlank(raw)) {
+      markBodyRead(req, raw, {});
+      return {};
+    }
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(raw.toString('utf8'));
+    } catch {
+      throw badRequest('Invalid request: invalid JSON request body');
+    }
+    if (!isPlainObject(parsed)) throw badRequest('Invalid request: the JSON body must be an object');
+    markBodyRead(req, raw, parsed);
+    return { body: parsed };
+  }
+  if (kind === 'form') {
+    const raw = await readRaw(req, cfg.bodyLimit);
+    const body: Record<string, unknown> = Object.create(null) as Record<string, unknown>;
+    for (const [k, v] of new URLSearchParams(raw.toString('utf8'))) if (!(k in body)) body[k] = v;
+    markBodyRead(req, raw, body);
+    return { body };
+  }
+  if (kind === 'multipart' && cfg.multipart) {
+    const raw = await readRaw(req, cfg.bodyLimit);
+    const model = multipartField(raw, ct as string, 'model');
+    (req as { _body?: boolean })._body = true;
+    req.rawBody = raw;
+    return { multipartModel: model };
+  }
+  return {};
+}
+
+function isBlank(buf: Buffer): boolean {
+  for (let i = 0; i < buf.length; i++) {
+    const c = buf[i];
+    if (c !== 0x20 && c !== 0x0a && c !== 0x0d && c !== 0x09) return false;
+  }
+  return true;
+}
+
+/** Parses the model and the body group following API.md section 3. Throws 400/413 DistributorErrors. */
+export async function parseRequest(req: Request, cfg: ParseConfig): Promise<ParsedRequest> {
+  const path = pathOf(req);
+  const { body, multipartModel } = await readBody(req, cfg);
+  let model: string | undefined;
+  let bodyGroup: string | undefined;
+  if (cfg.extractModel) {
+    const out = await cfg.extractModel(req);
+    if (typeof out === 'string') model = out;
+    else if (out && typeof out === 'object') {
+      if (out.model !== undefined && out.model !== null && typeof out.model !== 'string') throw badRequest('Invalid request: extractModel returned a non-string model');
+      if (out.group !== undefined && out.group !== null && typeof out.group !== 'string') throw badRequest('Invalid request: extractModel returned a non-string group');
+      model = out.model ?? undefined;
+      bodyGroup = out.group ?? undefined;
+    }
+    return { path, model: model ?? '', bodyGroup: bodyGroup || undefined, body };
+  }
+  model = multipartModel ?? stringField(body, 'model');
+  bodyGroup = stringField(body, 'group');
+  if (path.startsWith('/v1beta/models/') || path.startsWith('/v1/models/')) {
+    const rest = path.slice(path.indexOf('/models/') + 8);
+    const colon = rest.indexOf(':');
+    const fromPath = safeDecode(colon === -1 ? rest : rest.slice(0, colon));
+    if (fromPath) model = fromPath;
+  } else if (path.startsWith('/v1/realtime')) {
+    const q = queryOf(req)?.get('model');
+    if (q) model = q;
+  }
+  if (!model) {
+    for (const [prefix, def] of DEFAULT_MODELS) {
+      if (path.startsWith(prefix)) {
+        model = def;
+        break;
+      }
+    }
+  }
+  return { path, model: model ?? '', bodyGroup: bodyGroup || undefined, body };
+}
+
+function safeDecode(s: string): string {
+  try {
+    return decodeURIComponent(s);
+  } catch {
+    throw badRequest('Invalid request: malformed model in the path');
+  }
+}
+
+/** The query parameters of the request, parsed lazily once per request. */
+export function queryParam(req: Request, key: string): string | undefined {
+  const v = req.query?.[key];
+  if (typeof v === 'string') return v;
+  if (Array.isArray(v) && typeof v[0] === 'string') return v[0];
+  return queryOf(req)?.get(key) ?? undefined;
+}

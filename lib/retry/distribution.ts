@@ -1,0 +1,289 @@
+// One request's distribution: the tried set, attempts, the current channel, setup with fallback,
+// the relay's retry(), and what happens when the response finishes (pins and health).
+import type { Request, Response } from 'express';
+import type { AffinityMatch } from '../affinity/key';
+import { NoEnabledKeyError } from '../channels/multi-key';
+import type { RegisteredChannel } from '../channels/registry';
+import { DistributorError } from '../errors';
+import { callHook } from '../hooks';
+import { redactText } from '../logging/logger';
+import type { Runtime } from '../runtime';
+import { selectChannel } from '../selection/select';
+import { isRetryable } from './status-ranges';
+import { ChannelStatus, type AffinityInfo, type Attempt, type Channel, type Distribution, type RequestContext, type RetryFailure, type StopReason } from '../types';
+
+const keyViews = new WeakMap<Channel, Channel[]>();
+
+/** The frozen view of a channel with the key chosen for this request (cached per key index). */
+function viewWithKey(ch: RegisteredChannel, key: string | undefined, index: number | undefined): Channel {
+  if (key === undefined || index === undefined) return ch.view;
+  let views = keyViews.get(ch.view);
+  if (!views) keyViews.set(ch.view, (views = []));
+  return (views[index] ??= Object.freeze({ ...ch.view, key, keyIndex: index }) as Channel);
+}
+
+function errorText(e: unknown): string {
+  if (e instanceof Error) return e.message;
+  if (typeof e === 'string') return e;
+  return 'setup failed';
+}
+
+export class RequestRun implements Distribution {
+  selected = false;
+  model: string;
+  group: string;
+  selectedGroup: string;
+  affinity?: AffinityInfo;
+  tried: number[] = [];
+  attempts: Attempt[] = [];
+  stopReason?: StopReason;
+  trace: string[] = [];
+
+  /** @internal */ match?: AffinityMatch;
+  /** @internal the channel id the pin pointed to, when there was a pin */
+  pinnedId?: number;
+  /** @internal the pinned channel failed with a retryable status */
+  pinFailed = false;
+  /** @internal */ current?: RegisteredChannel;
+  private currentKeyIndex?: number;
+  private firstChosen?: number;
+  private triedSet = new Set<number>();
+  private upstreamRetries = 0;
+  private toldFailure = false;
+  private finished = false;
+  private retrying = false;
+  private lastSetupError?: string;
+
+  constructor(
+    private readonly rt: Runtime,
+    private readonly req: Request,
+    private readonly res: Response,
+    readonly ctx: RequestContext,
+    model: string,
+    group: string,
+    /** @internal concrete groups to walk, in order */
+    readonly groups: string[],
+    /** @internal */ readonly specific: boolean,
+  ) {
+    this.model = model;
+    this.group = group;
+    this.selectedGroup = group;
+  }
+
+  /** The public fields only (no internals, no secrets), for logs and JSON responses. */
+  toJSON(): Omit<Distribution, 'retry'> {
+    const out: Omit<Distribution, 'retry'> = {
+      selected: this.selected, model: this.model, group: this.group, selectedGroup: this.selectedGroup,
+      tried: this.tried, attempts: this.attempts, trace: this.trace,
+    };
+    if (this.affinity) out.affinity = this.affinity;
+    if (this.stopReason) out.stopReason = this.stopReason;
+    return out;
+  }
+
+  /** The relay's call after an upstream failure (bound, so it may be destructured). */
+  retry = (failure: RetryFailure = {}): Promise<Channel | null> => this.doRetry(failure ?? {});
+
+  // ---- selection and setup ------------------------------------------------------------------
+
+  /** Marks a channel as tried (it is never picked again in this request). */
+  markTried(id: number): void {
+    if (!this.triedSet.has(id)) {
+      this.triedSet.add(id);
+      this.tried.push(id);
+    }
+  }
+
+  isTried(id: number): boolean {
+    return this.triedSet.has(id);
+  }
+
+  /** Picks the next eligible, untried, not cooling channel over the given groups. */
+  pick(groups: readonly string[], startTier = 0): { ch: RegisteredChannel; group: string } | undefined {
+    const { registry, health, cfg } = this.rt;
+    const now = Date.now();
+    const eligible = (ch: RegisteredChannel) => !this.triedSet.has(ch.id) && !health.isCooling(ch.id, now);
+    for (const g of groups) {
+      const ch = selectChannel(registry.tiers(g, this.model), eligible, cfg.random, cfg.retry.tierStrategy, startTier);
+      if (ch) return { ch, group: g };
+    }
+    return undefined;
+  }
+
+  /**
+   * Sets a channel up (key choice, then `options.setup`). On success it becomes the current
+   * channel and `res.locals.channel`; on failure the attempt is recorded and false returned.
+   */
+  async trySetup(ch: RegisteredChannel, group: string): Promise<boolean> {
+    this.markTried(ch.id);
+    let view: Channel;
+    let keyIndex: number | undefined;
+    try {
+      const { key, index } = this.rt.keys.pick(ch);
+      keyIndex = index;
+      view = viewWithKey(ch, key, index);
+      if (this.rt.cfg.setup) await this.rt.cfg.setup(view, this.req, this.res);
+    } catch (e) {
+      const reason = this.redact(e instanceof NoEnabledKeyError ? e.message : errorText(e), ch);
+      this.lastSetupError = reason;
+      this.attempts.push({ channelId: ch.id, phase: 'setup', reason });
+      this.trace.push(`setup_failed ch=${ch.id}`);
+      callHook(this.rt.cfg, 'fallback', { req: this.req, channelId: ch.id, error: reason });
+      this.rt.cfg.logger.warn('channel setup failed, falling back', { channelId: ch.id, error: reason });
+      return false;
+    }
+    this.current = ch;
+    this.currentKeyIndex = keyIndex;
+    this.firstChosen ??= ch.id;
+    this.selectedGroup = group;
+    this.selected = true;
+    this.toldFailure = false;
+    this.res.locals.channel = view;
+    return true;
+  }
+
+  /**
+   * Normal selection with setup fallback: up to `attempts` channels, never one twice; a
+   * duplicate pick costs nothing because tried channels are excluded from the pick itself.
+   */
+  async selectWithFallback(attempts: number, reason: 'select' | 'fallback' | 'retry', groups: readonly string[], startTier = 0): Promise<boolean> {
+    for (let n = 0; n < attempts; n++) {
+      const next = this.pick(groups, startTier);
+      if (!next) return false;
+      if (await this.trySetup(next.ch, next.group)) {
+        this.trace.push(`${reason} ch=${next.ch.id}`);
+        callHook(this.rt.cfg, 'select', { req: this.req, channel: this.res.locals.channel as Channel, group: next.group, model: this.model, reason });
+        return true;
+      }
+    }
+    return false;
+  }
+
+  /** The 503 for a request that found no channel that sets up. */
+  noChannelError(): DistributorError {
+    const shown = this.group === 'auto' ? `auto(${this.groups[this.groups.length - 1] ?? ''})` : this.group;
+    const base = `No available channel for model ${this.model} under group ${shown}`;
+    if (this.group === 'auto' && this.groups.length === 0) return new DistributorError('model_not_found', `${base}: auto groups is not enabled`, 503);
+    return new DistributorError('model_not_found', this.lastSetupError ? `${base}; last setup error: ${this.lastSetupError}` : base, 503);
+  }
+
+  /** Removes channel keys, the Authorization value and the raw affinity value from a message. */
+  redact(message: string, ch?: RegisteredChannel): string {
+    let out = message;
+    const secrets: string[] = [];
+    if (ch) secrets.push(...ch.keys);
+    if (this.match) secrets.push(this.match.rawValue);
+    const auth = this.req.headers.authorization;
+    if (auth) secrets.push(auth, auth.replace(/^bearer\s+/i, ''));
+    for (const s of secrets) if (s && s.length >= 3) out = out.split(s).join('[REDACTED]');
+    return redactText(out);
+  }
+
+  // ---- retry --------------------------------------------------------------------------------
+
+  private stop(reason: StopReason, status?: number): null {
+    this.stopReason = reason;
+    this.trace.push(`stop:${reason}`);
+    callHook(this.rt.cfg, 'exhausted', { req: this.req, reason, tried: [...this.tried], status });
+    this.rt.cfg.logger.debug?.('retry stopped', { reason, tried: this.tried, status });
+    return null;
+  }
+
+  private async doRetry(failure: RetryFailure): Promise<Channel | null> {
+    const { cfg, health, counters } = this.rt;
+    const cur = this.current;
+    if (!cur || this.finished) return this.stop('no_channel', failure.status);
+    const status = typeof failure.status === 'number' ? failure.status : undefined;
+    const reason = failure.error !== undefined ? this.redact(errorText(failure.error), cur).slice(0, 200) : undefined;
+    this.attempts.push({ channelId: cur.id, phase: 'upstream', status, reason });
+    this.trace.push(`upstream ${status ?? 'error'} ch=${cur.id}`);
+    this.toldFailure = true;
+    const retryable = isRetryable(cfg.retry.statusTable, status);
+    if (retryable && this.affinity?.used && cur.id === this.pinnedId) this.pinFailed = true;
+    await health.recordFailure(cur, this.currentKeyIndex, { ...failure, status });
+    if (this.specific) return this.stop('specific_channel', status);
+    if (!retryable) return this.stop('status', status);
+    if (this.affinity?.used && this.match?.rule.skipRetryOnFailure) return this.stop('skip_rule', status);
+    if (this.upstreamRetries >= cfg.retry.times) return this.stop('times', status);
+    if (cfg.retry.budget && !this.retrying) {
+      const allowed = Math.max(cfg.retry.budget.minConcurrent, Math.floor((cfg.retry.budget.percent / 100) * counters.active));
+      if (counters.retrying >= allowed) return this.stop('budget', status);
+    }
+    const groups = this.retryGroups();
+    const startTier = cfg.retry.tierStrategy === 'descend' ? this.upstreamRetries + 1 : 0;
+    const from = cur.id;
+    // Setup failures here are bounded by the channel count (each channel is tried once).
+    let ok = await this.selectWithFallback(Number.MAX_SAFE_INTEGER, 'retry', groups, startTier);
+    if (!ok && this.canWaitFor(cur, failure.retryAfterMs)) {
+      await new Promise((r) => setTimeout(r, failure.retryAfterMs));
+      this.trace.push(`wait ${failure.retryAfterMs}ms ch=${cur.id}`);
+      ok = this.current === cur && !this.finished;
+      if (ok) this.toldFailure = false;
+    }
+    if (!ok) return this.stop('no_channel', status);
+    this.upstreamRetries++;
+    if (!this.retrying) {
+      this.retrying = true;
+      counters.retrying++;
+    }
+    const next = this.res.locals.channel as Channel;
+    callHook(cfg, 'retry', { req: this.req, from, to: next.id, status, attempt: this.upstreamRetries });
+    if (cfg.traceHeader && !this.res.headersSent) this.res.setHeader('x-distributor-trace', this.trace.join(' -> '));
+    return next;
+  }
+
+  /** The failed channel may be retried after Retry-After when it is the only candidate left. */
+  private canWaitFor(cur: RegisteredChannel, retryAfterMs: number | undefined): boolean {
+    const max = this.rt.cfg.retry.maxRetryAfterMs;
+    if (!max || retryAfterMs === undefined || !(retryAfterMs >= 0) || retryAfterMs > max) return false;
+    if (cur.status !== ChannelStatus.Enabled || this.rt.health.isCooling(cur.id)) return false;
+    return this.groups.some((g) => this.rt.registry.serves(cur.id, g, this.model));
+  }
+
+  private retryGroups(): string[] {
+    if (this.group !== 'auto') return this.groups;
+    if (!this.ctx.crossGroupRetry) return [this.selectedGroup];
+    const i = this.groups.indexOf(this.selectedGroup);
+    return i === -1 ? this.groups : this.groups.slice(i);
+  }
+
+  // ---- response finished --------------------------------------------------------------------
+
+  /** Called once when the response finishes (or the connection closes first). */
+  finalize(finished: boolean): void {
+    if (this.finished) return;
+    this.finished = true;
+    const { counters, cfg, guard, health } = this.rt;
+    counters.active--;
+    if (this.retrying) counters.retrying--;
+    const cur = this.current;
+    if (!cur || this.specific) return;
+    const status = this.res.statusCode;
+    const match = this.match;
+    if (finished && status < 400) {
+      if (!match) return;
+      const aff = cfg.affinity;
+      let target = aff.switchOnSuccess ? cur.id : this.firstChosen ?? cur.id;
+      if (!aff.switchOnSuccess && this.pinFailed && aff.clearOnFailure) {
+        void guard.run('clearPin', () => cfg.store.clearPin(match.key, this.pinnedId as number), false);
+        return;
+      }
+      // A used pin that served was already refreshed by the lookup: no write needed.
+      if (this.affinity?.used && target === this.pinnedId && !this.pinFailed) return;
+      if (!aff.switchOnSuccess && this.affinity?.used) target = this.pinnedId as number;
+      void guard.run('setPin', () => cfg.store.setPin(match.key, target, match.rule.ttlMs), undefined);
+      return;
+    }
+    if (finished && !this.toldFailure) {
+      const retryable = isRetryable(cfg.retry.statusTable, status);
+      if (retryable && this.affinity?.used && cur.id === this.pinnedId) this.pinFailed = true;
+      this.attempts.push({ channelId: cur.id, phase: 'upstream', status });
+      void health.recordFailure(cur, this.currentKeyIndex, { status });
+    }
+    if (match && this.pinFailed && cfg.affinity.clearOnFailure && this.pinnedId !== undefined) {
+      const pinned = this.pinnedId;
+      void guard.run('clearPin', () => cfg.store.clearPin(match.key, pinned), false);
+      if (this.affinity) this.affinity.cleared = true;
+    }
+  }
+}

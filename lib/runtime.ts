@@ -1,0 +1,25 @@
+// What a distributor instance shares between its requests: config, registry, health, key picker.
+import { KeyPicker } from './channels/multi-key';
+import type { ChannelRegistry } from './channels/registry';
+import { HealthBook } from './health/health';
+import type { Config } from './options';
+import { StoreGuard } from './store-guard';
+
+export interface Runtime {
+  cfg: Config;
+  registry: ChannelRegistry;
+  health: HealthBook;
+  keys: KeyPicker;
+  guard: StoreGuard;
+  /** Requests in flight and requests currently retrying (for the retry budget). */
+  counters: { active: number; retrying: number };
+  debug: boolean;
+}
+
+export function createRuntime(cfg: Config): Runtime {
+  const guard = new StoreGuard(cfg);
+  const health = new HealthBook(cfg, cfg.registry, guard);
+  const logger = cfg.logger as { isDebugEnabled?: () => boolean; level?: string };
+  const debug = typeof logger.isDebugEnabled === 'function' ? logger.isDebugEnabled() : typeof cfg.logger.debug === 'function' && logger.level === undefined;
+  return { cfg, registry: cfg.registry, health, keys: new KeyPicker(cfg.random), guard, counters: { active: 0, retrying: 0 }, debug };
+}

@@ -1,0 +1,90 @@
+// Pure channel selection: priority tiers, weighted random inside a tier, exclusion by predicate.
+// No I/O; the random source is injected. A pick costs O(log n) in the common case.
+import type { RegisteredChannel, Tier } from '../channels/registry';
+
+export type Eligible = (ch: RegisteredChannel) => boolean;
+
+const REJECTION_TRIES = 8;
+
+function clampIndex(x: number, n: number): number {
+  const i = Math.floor(x);
+  return i < 0 ? 0 : i >= n ? n - 1 : i;
+}
+
+/** First index whose cumulative weight exceeds r (weight-0 channels are never hit). */
+function upperBound(cum: Float64Array, r: number): number {
+  let lo = 0;
+  let hi = cum.length - 1;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (cum[mid] > r) hi = mid;
+    else lo = mid + 1;
+  }
+  return lo;
+}
+
+/**
+ * Weighted pick among the eligible channels of one tier. Weights are proportional; when every
+ * eligible channel has weight 0 they get equal chances (the reference's smoothing).
+ */
+export function pickFromTier(tier: Tier, eligible: Eligible, random: () => number): RegisteredChannel | undefined {
+  const { channels, cumulative, totalWeight } = tier;
+  const n = channels.length;
+  // Rejection sampling over the whole tier: exact for the eligible subset, and independent of n.
+  for (let k = 0; k < REJECTION_TRIES; k++) {
+    const ch = totalWeight > 0
+      ? channels[upperBound(cumulative, Math.min(random(), 0.9999999999999999) * totalWeight)]
+      : channels[clampIndex(random() * n, n)];
+    if (eligible(ch)) return ch;
+  }
+  // Many excluded: filter once and pick exactly among what is left.
+  const pool: RegisteredChannel[] = [];
+  let sum = 0;
+  for (const ch of channels) {
+    if (eligible(ch)) {
+      pool.push(ch);
+      sum += ch.weight;
+    }
+  }
+  if (pool.length === 0) return undefined;
+  if (sum === 0) return pool[clampIndex(random() * pool.length, pool.length)];
+  let r = Math.min(random(), 0.9999999999999999) * sum;
+  for (const ch of pool) {
+    r -= ch.weight;
+    if (r < 0) return ch;
+  }
+  return pool[pool.length - 1];
+}
+
+export type TierStrategy = 'restart' | 'descend';
+
+/**
+ * Picks from the highest tier that has an eligible channel ('restart'), or, for 'descend', from
+ * tier `startTier` downwards and then upwards (the reference's one-tier-down-per-attempt).
+ */
+export function selectChannel(
+  tiers: readonly Tier[] | undefined,
+  eligible: Eligible,
+  random: () => number,
+  strategy: TierStrategy = 'restart',
+  startTier = 0,
+): RegisteredChannel | undefined {
+  if (!tiers || tiers.length === 0) return undefined;
+  if (strategy === 'restart' || startTier <= 0) {
+    for (const tier of tiers) {
+      const ch = pickFromTier(tier, eligible, random);
+      if (ch) return ch;
+    }
+    return undefined;
+  }
+  const start = Math.min(startTier, tiers.length - 1);
+  for (let t = start; t < tiers.length; t++) {
+    const ch = pickFromTier(tiers[t], eligible, random);
+    if (ch) return ch;
+  }
+  for (let t = start - 1; t >= 0; t--) {
+    const ch = pickFromTier(tiers[t], eligible, random);
+    if (ch) return ch;
+  }
+  return undefined;
+}

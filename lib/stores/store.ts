@@ -1,0 +1,59 @@
+// The Store interface: pins (affinity key -> channel id) and shared channel health.
+import type { ChannelStatus } from '../types';
+
+/** Cooldown policy passed to `recordFailure`. */
+export interface CooldownPolicy {
+  failures: number;
+  windowMs: number;
+  durationMs: number;
+}
+
+/** Shared health overrides and cooldowns, as `loadHealth()` returns them. */
+export interface HealthSnapshot {
+  /** channel id -> epoch ms the cooldown ends */
+  cooldowns: Record<number, number>;
+  /** channel id -> status set by health rules or `registry.setStatus` on some instance */
+  statuses: Record<number, ChannelStatus>;
+  /** channel id -> disabled key indexes of a multi-key channel */
+  disabledKeys: Record<number, number[]>;
+}
+
+export type StoreEvent =
+  | { type: 'cooldown'; channelId: number; until: number }
+  /** `status: null` means the override was removed (the channel was re-enabled). */
+  | { type: 'status'; channelId: number; status: ChannelStatus | null }
+  | { type: 'keys'; channelId: number; disabledKeys: number[] };
+
+/**
+ * Where pins and health live. Required: the pin methods, `recordFailure`, `setOverride`,
+ * `loadHealth`. Optional: `subscribe` (push changes; else polling only), `clearPins`,
+ * `countPins`, `shutdown`. Every method may reject; the distributor degrades instead of failing.
+ */
+export interface Store {
+  /** True for an in-process store (state is not shared between processes). */
+  readonly localKeys: boolean;
+  /** Prefix of every key the store writes. */
+  readonly prefix: string;
+  /** The pinned channel id, refreshing its TTL when `refreshTtlMs` is given; null when absent. */
+  getPin(key: string, refreshTtlMs?: number): Promise<number | null>;
+  /** Pins `key` to `channelId` for `ttlMs`. */
+  setPin(key: string, channelId: number, ttlMs: number): Promise<void>;
+  /** Compare-and-delete: removes the pin only if it still points to `expectedChannelId`. */
+  clearPin(key: string, expectedChannelId: number): Promise<boolean>;
+  /** Counts a failure of a channel; resolves to the cooldown end when this failure starts one. */
+  recordFailure(channelId: number, policy: CooldownPolicy, now: number): Promise<number | null>;
+  /** Records (or with `null`/`[]` removes) a status or disabled-keys override, and tells other instances. */
+  setOverride(channelId: number, patch: { status?: ChannelStatus | null; disabledKeys?: number[] }): Promise<void>;
+  /** Ends a channel's cooldown now. */
+  clearCooldown?(channelId: number): Promise<void>;
+  /** Every current cooldown and override. */
+  loadHealth(): Promise<HealthSnapshot>;
+  /** Pushes changes made by any instance; returns the unsubscribe function. */
+  subscribe?(listener: (event: StoreEvent) => void): () => void;
+  /** Deletes pins: all, or those of one rule (the rule name as written in keys). Returns how many. */
+  clearPins?(rule?: string): Promise<number>;
+  /** Pins per rule name (`_` for rules without `includeRuleName`). */
+  countPins?(): Promise<Record<string, number>>;
+  /** Stops timers and subscriptions the store started; never closes a client the user passed in. */
+  shutdown?(): Promise<void> | void;
+}

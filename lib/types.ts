@@ -1,0 +1,274 @@
+// Public types of express-channel-distributor, and the res.locals augmentation that makes
+// `res.locals.channel` and `res.locals.distribution` typed for every consumer.
+import type { Request, Response, NextFunction } from 'express';
+import type { Store } from './stores/store';
+
+/** Channel status, as in new-api: only `Enabled` is routable. */
+export enum ChannelStatus {
+  Enabled = 1,
+  ManuallyDisabled = 2,
+  AutoDisabled = 3,
+}
+
+/** One upstream channel (a provider endpoint plus one or more API keys). */
+export interface ChannelInput {
+  /** Positive integer, unique within a registry. */
+  id: number;
+  name?: string;
+  /** Default `ChannelStatus.Enabled` (1). */
+  status?: ChannelStatus;
+  /** `"default,vip"` or `['default', 'vip']`; entries are trimmed. Default `'default'`. */
+  group?: string | string[];
+  /** `"gpt-4o,gpt-4o-mini"` or an array; entries are trimmed. */
+  models: string | string[];
+  /** Higher is preferred. Default 0. */
+  priority?: number;
+  /** Relative weight inside a priority tier, >= 0. Default 0. */
+  weight?: number;
+  baseUrl?: string;
+  /** One key, or several (a multi-key channel). */
+  key?: string | string[];
+  /** Indexes of `key` that are switched off (multi-key channels). */
+  disabledKeys?: number[];
+  /** How a multi-key channel picks its key. Default `'random'`. */
+  multiKeyMode?: 'random' | 'polling';
+  /** May health rules auto-disable this channel? Default true. */
+  autoBan?: boolean;
+  /** Any other field is kept and passed through to `res.locals.channel`. */
+  [extra: string]: unknown;
+}
+
+/**
+ * The normalised, read-only view of a chosen channel, found at `res.locals.channel`.
+ * `key` is the one key chosen for this request.
+ */
+export interface Channel {
+  readonly id: number;
+  readonly name: string;
+  readonly status: ChannelStatus;
+  readonly groups: readonly string[];
+  readonly models: readonly string[];
+  readonly priority: number;
+  readonly weight: number;
+  readonly baseUrl?: string;
+  readonly key?: string;
+  readonly keyIndex?: number;
+  readonly multiKeyMode: 'random' | 'polling';
+  readonly autoBan: boolean;
+  readonly [extra: string]: unknown;
+}
+
+/** What the auth middleware tells the distributor about the caller (default: `res.locals.token`). */
+export interface RequestContext {
+  /** The using group. Default `'default'`; `'auto'` walks `autoGroups`. */
+  group?: string;
+  /** Filters `autoGroups` through `options.usableGroups(userGroup)`. */
+  userGroup?: string;
+  /** Used for logs and to scope affinity keys. */
+  tokenId?: string | number;
+  userId?: string | number;
+  /** When an array: the model must be in it, else 403 `model_not_allowed`. */
+  modelLimits?: string[] | null;
+  /** Admin pin: that channel only; no affinity, no fallback, no retry. */
+  specificChannelId?: number;
+  /** With group `auto`: retries may move on to the next auto group. */
+  crossGroupRetry?: boolean;
+  [extra: string]: unknown;
+}
+
+export type KeySource =
+  | { type: 'header'; key: string }
+  | { type: 'body'; path: string; nestedPath?: string }
+  | { type: 'query'; key: string }
+  | { type: 'context'; key: string };
+
+/** One affinity rule. Every boolean defaults to false. */
+export interface AffinityRule {
+  name: string;
+  /** At least one must match the model (unanchored; write `^...$` to anchor). */
+  modelRegex: string[];
+  /** If given, one must match the request path. */
+  pathRegex?: string[];
+  /** If given, the User-Agent must contain one entry (case-insensitive). */
+  userAgentInclude?: string[];
+  /** Ordered; the first source that yields a non-empty value wins. */
+  keySources: KeySource[];
+  /** If set, the value must match, else the next rule is tried. */
+  valueRegex?: string;
+  /** Pin lifetime; `<= 0` means `defaultTtlSeconds`. */
+  ttlSeconds?: number;
+  /** Stop upstream retries after a failure, but only when the pin was actually used. */
+  skipRetryOnFailure?: boolean;
+  includeUsingGroup?: boolean;
+  includeModelName?: boolean;
+  includeRuleName?: boolean;
+}
+
+export interface AffinityOptions {
+  /** Default true. */
+  enabled?: boolean;
+  /** Default: the reference's `codex cli trace` and `claude cli trace` rules. */
+  rules?: AffinityRule[];
+  /** Default true: the pin moves to the channel that served. */
+  switchOnSuccess?: boolean;
+  /** Default false: a stale pin is kept instead of cleared (every stale reason). */
+  keepOnChannelDisabled?: boolean;
+  /** Default true: a pinned channel that failed with a retryable status loses the pin. */
+  clearOnFailure?: boolean;
+  /** Default 3600. */
+  defaultTtlSeconds?: number;
+}
+
+export interface RetryOptions {
+  /** Upstream retries per request. Default 2 (at most 3 upstream attempts). */
+  times?: number;
+  /** Retryable statuses: `'429,500-503'` or numbers. Default: all but 2xx, 400, 408, 504, 524. */
+  statusCodes?: string | Array<number | string>;
+  /** `'restart'` (default): highest tier with an untried channel; `'descend'`: one tier down per attempt. */
+  tierStrategy?: 'restart' | 'descend';
+  /** Envoy-style budget: retries in flight may not exceed max(minConcurrent, percent% of active requests). Off by default. */
+  budget?: { percent?: number; minConcurrent?: number };
+  /** Wait for a Retry-After on the only candidate left when it is at most this long. Default 0 (off). */
+  maxRetryAfterMs?: number;
+}
+
+export interface HealthOptions {
+  /** `{}` means 3 failures within 60 s -> 30 s cooldown. Off unless given. */
+  cooldown?: { failures?: number; windowMs?: number; durationMs?: number };
+  /** `{}` means status 401 and the reference's keywords. Off unless given. */
+  autoDisable?: { statusCodes?: number[]; keywords?: string[] };
+}
+
+/** A winston-compatible logger; `console` fits too. */
+export interface Logger {
+  error(message: string, meta?: Record<string, unknown>): unknown;
+  warn(message: string, meta?: Record<string, unknown>): unknown;
+  info?(message: string, meta?: Record<string, unknown>): unknown;
+  debug?(message: string, meta?: Record<string, unknown>): unknown;
+}
+
+export type StaleReason = 'missing' | 'disabled' | 'ineligible' | 'cooling' | 'setup_failed';
+
+export type StopReason = 'times' | 'status' | 'specific_channel' | 'skip_rule' | 'no_channel' | 'budget';
+
+export interface AffinityInfo {
+  rule: string;
+  /** A pin was found for the key. */
+  hit: boolean;
+  /** The pinned channel served (or is serving) this request. */
+  used: boolean;
+  stale?: StaleReason;
+  cleared: boolean;
+}
+
+export interface Attempt {
+  channelId: number;
+  phase: 'setup' | 'upstream';
+  status?: number;
+  reason?: string;
+}
+
+export interface RetryFailure {
+  /** Upstream HTTP status; absent for connection errors and timeouts (retryable). */
+  status?: number;
+  error?: unknown;
+  /** Upstream Retry-After, in ms. */
+  retryAfterMs?: number;
+}
+
+/** `res.locals.distribution`: what the distributor decided, and the relay's retry call. */
+export interface Distribution {
+  selected: boolean;
+  model: string;
+  group: string;
+  selectedGroup: string;
+  affinity?: AffinityInfo;
+  /** Channel ids in attempt order (setup failures included). */
+  tried: number[];
+  attempts: Attempt[];
+  stopReason?: StopReason;
+  /** A short, secret-free decision trace such as `affinity:hit ch=3 -> upstream 429 -> retry ch=5`. */
+  trace: string[];
+  /**
+   * Report an upstream failure of the current channel. Resolves to the next channel (also set
+   * as `res.locals.channel`) or null when no further attempt is allowed (`stopReason` says why).
+   */
+  retry(failure?: RetryFailure): Promise<Channel | null>;
+}
+
+export interface ExtractedRequest {
+  model?: string;
+  group?: string;
+}
+
+/** Hooks observe decisions; a throwing hook is logged and never breaks a request. */
+export interface DistributorHooks {
+  select?(e: { req: Request; channel: Channel; group: string; model: string; reason: 'affinity' | 'select' | 'specific' | 'fallback' | 'retry' }): void;
+  affinityHit?(e: { req: Request; rule: string; channelId: number; fingerprint: string }): void;
+  affinityMiss?(e: { req: Request; rule: string; fingerprint: string }): void;
+  affinityStale?(e: { req: Request; rule: string; channelId: number; reason: StaleReason; cleared: boolean }): void;
+  fallback?(e: { req: Request; channelId: number; error: string }): void;
+  retry?(e: { req: Request; from: number; to: number; status?: number; attempt: number }): void;
+  exhausted?(e: { req: Request; reason: StopReason; tried: number[]; status?: number }): void;
+  storeError?(e: { operation: string; error: Error }): void;
+  health?(e: { channelId: number; event: 'cooldown' | 'auto_disabled' | 'key_disabled'; until?: number; keyIndex?: number }): void;
+}
+
+export type ErrorHandler = (err: import('./errors').DistributorError, req: Request, res: Response, next: NextFunction) => void;
+
+export interface DistributorOptions {
+  /** The channels: a `ChannelRegistry` or a plain array (wrapped in one). */
+  channels: import('./channels/registry').ChannelRegistry | ChannelInput[];
+  /** Where pins and channel health live. Default: a new `MemoryStore`. */
+  store?: Store;
+  /** Reads the caller's context. Default: `res.locals.token`. */
+  context?: (req: Request, res: Response) => RequestContext | undefined | Promise<RequestContext | undefined>;
+  /** Replaces the built-in model/group extraction (body reading still happens first). */
+  extractModel?: (req: Request) => string | ExtractedRequest | undefined | Promise<string | ExtractedRequest | undefined>;
+  /** Return false to skip selection (task-fetch routes). */
+  shouldSelect?: (req: Request) => boolean;
+  /** Honour a body `group` (it must be the caller's group or one of `usableGroups(userGroup)`). Default false. */
+  allowBodyGroup?: boolean;
+  /** Groups a user group may use. Default: no filter. */
+  usableGroups?: (userGroup: string | undefined) => string[];
+  /** Groups the `auto` group walks, in order. Default `['default']`. */
+  autoGroups?: string[];
+  /** Largest body the distributor reads itself: bytes or `'20mb'`. Default 20 MB. */
+  bodyLimit?: number | string;
+  /** Buffer multipart bodies to read their `model` field. Default false. */
+  multipart?: boolean;
+  /** Prepares a chosen channel (may be async); a throw makes the distributor fall back. */
+  setup?: (channel: Channel, req: Request, res: Response) => void | Promise<void>;
+  affinity?: AffinityOptions;
+  retry?: RetryOptions;
+  health?: HealthOptions;
+  /** Random source in [0, 1). Default `Math.random`. */
+  random?: () => number;
+  /** Winston-compatible logger. Default: a winston logger at level `warn`. */
+  logger?: Logger;
+  on?: DistributorHooks;
+  /** Takes over error responses. */
+  onError?: ErrorHandler;
+  /** Add an `x-distributor-trace` response header with the decision trace. Default false. */
+  traceHeader?: boolean;
+  /** Switch validations off (`false`) or one by name (`{ memoryStoreInProduction: false }`). */
+  validate?: boolean | Record<string, boolean>;
+  /** How often (ms) health and status are re-read from a shared store as a backstop. Default 1000. */
+  syncIntervalMs?: number;
+}
+
+declare global {
+  // eslint-disable-next-line @typescript-eslint/no-namespace
+  namespace Express {
+    interface Locals {
+      /** The channel chosen by express-channel-distributor for this request. */
+      channel?: import('./types').Channel;
+      /** The distributor's decision and the relay's `retry()` call. */
+      distribution?: import('./types').Distribution;
+    }
+    interface Request {
+      /** The raw request body, kept by express-channel-distributor when it read the body. */
+      rawBody?: Buffer;
+    }
+  }
+}
