@@ -22,3 +22,5 @@ export type {
   HealthOptions, Logger, StaleReason, StopReason, AffinityInfo, Attempt, RetryFailure, Distribution,
   ExtractedRequest, DistributorHooks, DistributorOptions, ErrorHandler,
 } from './types';
+export { channelFromNewApi, channelsFromNewApi } from './channels/newapi';
+export type { NewApiChannelRow } from './channels/newapi';
