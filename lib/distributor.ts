@@ -4,14 +4,14 @@ import type { NextFunction, Request, RequestHandler, Response } from 'express';
 import { usePin } from './affinity/lookup';
 import type { ChannelRegistry } from './channels/registry';
 import { DistributorError, errorBody } from './errors';
-import { callHook } from './hooks';
+import { callHook, markStart } from './hooks';
 import { resolveOptions, type Config } from './options';
 import { parseRequest } from './request/extract';
 import { resolveRouting } from './request/routing';
 import { RequestRun } from './retry/distribution';
 import { createRuntime, type Runtime } from './runtime';
 import type { Store } from './stores/store';
-import { ChannelStatus, type Channel, type DistributorOptions } from './types';
+import { ChannelStatus, type Channel, type ChannelHealth, type DistributorOptions } from './types';
 import { runValidations } from './validations';
 
 /** The middleware, with the registry and store it uses and a `shutdown()`. */
@@ -24,6 +24,20 @@ export interface DistributorHandler extends RequestHandler {
   syncHealth(): Promise<void>;
   /** Is a channel cooling down on this instance's view? */
   isCoolingDown(channelId: number): boolean;
+  /** A channel's status, cooldown and disabled keys on this instance's view; undefined for an unknown id. */
+  health(channelId: number): ChannelHealth | undefined;
+}
+
+const runtimes = new WeakMap<DistributorHandler, Runtime>();
+
+/** @internal The runtime behind a handler (for the admin helpers). */
+export function runtimeOf(handler: DistributorHandler): Runtime | undefined {
+  return runtimes.get(handler);
+}
+
+/** Header values must be visible ASCII: other characters (in rule names) are percent-encoded. */
+export function traceHeaderValue(trace: readonly string[]): string {
+  return trace.join(' -> ').replace(/[^\x20-\x7e]+/g, (s) => encodeURIComponent(s));
 }
 
 function sendError(cfg: Config, err: DistributorError, req: Request, res: Response, next: NextFunction): void {
@@ -66,11 +80,11 @@ async function distribute(rt: Runtime, req: Request, res: Response): Promise<'ne
   let ok = cfg.affinity.enabled && cfg.affinity.rules.length > 0 && (await usePin(rt, run, req, res, parsed));
   if (!ok) ok = await run.selectWithFallback(cfg.retry.times + 1, run.tried.length ? 'fallback' : 'select', run.groups);
   if (!ok) return run.noChannelError();
-  if (cfg.traceHeader) res.setHeader('x-distributor-trace', run.trace.join(' -> '));
+  if (cfg.traceHeader) res.setHeader('x-distributor-trace', traceHeaderValue(run.trace));
   if (rt.debug) {
     cfg.logger.debug?.('channel selected', {
       channelId: run.current?.id, group: run.selectedGroup, model: run.model, rule: run.affinity?.rule,
-      fingerprint: run.match?.fingerprint, stale: run.affinity?.stale, tried: run.tried,
+      fingerprint: run.match?.fingerprint, stale: run.affinity?.stale, tried: run.tried, attempts: run.attempts,
     });
   }
   return 'next';
@@ -105,11 +119,12 @@ function notSelected(rt: Runtime, req: Request, res: Response): RequestRun {
  */
 export function distributor(options: DistributorOptions): DistributorHandler {
   const cfg = resolveOptions(options);
-  runValidations(cfg, options);
+  const releaseValidations = runValidations(cfg, options);
   const rt = createRuntime(cfg);
   rt.health.start();
 
   const handler = function distributorMiddleware(req: Request, res: Response, next: NextFunction): void {
+    markStart(req);
     distribute(rt, req, res).then(
       (out) => {
         if (out === 'next') next();
@@ -127,12 +142,22 @@ export function distributor(options: DistributorOptions): DistributorHandler {
     store: { value: cfg.store, enumerable: true },
     shutdown: {
       value: async () => {
+        releaseValidations();
         rt.health.stop();
         if (cfg.ownsStore) await cfg.store.shutdown?.();
       },
     },
     syncHealth: { value: () => rt.health.sync() },
     isCoolingDown: { value: (id: number) => rt.health.isCooling(id) },
+    health: {
+      value: (id: number): ChannelHealth | undefined => {
+        const ch = rt.registry.get(id);
+        if (!ch) return undefined;
+        const until = rt.health.cooldownUntil(id);
+        return { id, status: ch.status, coolingDown: until !== undefined, cooldownUntil: until ?? null, disabledKeys: [...ch.disabledKeys].sort((a, b) => a - b) };
+      },
+    },
   });
+  runtimes.set(handler, rt);
   return handler;
 }

@@ -13,7 +13,7 @@ export type RequestErrorCode =
   | 'model_not_found';
 
 /** Codes thrown at creation time for misconfiguration. */
-export type ConfigErrorCode = 'ERR_DIST_INVALID_CHANNEL' | 'ERR_DIST_INVALID_OPTIONS' | 'ERR_DIST_INVALID_STORE';
+export type ConfigErrorCode = 'ERR_DIST_INVALID_CHANNEL' | 'ERR_DIST_INVALID_OPTIONS' | 'ERR_DIST_INVALID_STORE' | 'ERR_DIST_MISSING_PEER';
 
 /**
  * Every error the distributor produces. Request errors carry an HTTP `status`; configuration

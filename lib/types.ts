@@ -203,7 +203,8 @@ export interface ExtractedRequest {
 
 /** Hooks observe decisions; a throwing hook is logged and never breaks a request. */
 export interface DistributorHooks {
-  select?(e: { req: Request; channel: Channel; group: string; model: string; reason: 'affinity' | 'select' | 'specific' | 'fallback' | 'retry' }): void;
+  /** `elapsedMs`: time since the distributor started on this request (for retries it includes the upstream time). */
+  select?(e: { req: Request; channel: Channel; group: string; model: string; reason: 'affinity' | 'select' | 'specific' | 'fallback' | 'retry'; elapsedMs?: number }): void;
   affinityHit?(e: { req: Request; rule: string; channelId: number; fingerprint: string }): void;
   affinityMiss?(e: { req: Request; rule: string; fingerprint: string }): void;
   affinityStale?(e: { req: Request; rule: string; channelId: number; reason: StaleReason; cleared: boolean }): void;
@@ -212,6 +213,29 @@ export interface DistributorHooks {
   exhausted?(e: { req: Request; reason: StopReason; tried: number[]; status?: number }): void;
   storeError?(e: { operation: string; error: Error }): void;
   health?(e: { channelId: number; event: 'cooldown' | 'auto_disabled' | 'key_disabled'; until?: number; keyIndex?: number }): void;
+}
+
+/** Names of the creation-time checks, for `validate: { name: false }` (codes in `VALIDATION_CODES`). */
+export type ValidationName =
+  | 'unknownOption'
+  | 'memoryStoreInProduction'
+  | 'memoryStoreInCluster'
+  | 'sharedStore'
+  | 'affinityTtlBelowCooldown'
+  | 'zeroWeightTier'
+  | 'creationStack'
+  | 'emptyChannels'
+  | 'ruleNeverMatches';
+
+/** A channel's health as this instance sees it (`handler.health(id)`, the admin helpers). */
+export interface ChannelHealth {
+  id: number;
+  status: ChannelStatus;
+  coolingDown: boolean;
+  /** Epoch ms the cooldown ends; null when not cooling down. */
+  cooldownUntil: number | null;
+  /** Disabled key indexes of a multi-key channel. */
+  disabledKeys: number[];
 }
 
 export type ErrorHandler = (err: import('./errors').DistributorError, req: Request, res: Response, next: NextFunction) => void;
@@ -251,8 +275,8 @@ export interface DistributorOptions {
   onError?: ErrorHandler;
   /** Add an `x-distributor-trace` response header with the decision trace. Default false. */
   traceHeader?: boolean;
-  /** Switch validations off (`false`) or one by name (`{ memoryStoreInProduction: false }`). */
-  validate?: boolean | Record<string, boolean>;
+  /** Switch validations off (`false`) or one by name (`{ memoryStoreInProduction: false }`). Default: all on. */
+  validate?: boolean | { [K in ValidationName]?: boolean };
   /** How often (ms) health and status are re-read from a shared store as a backstop. Default 1000. */
   syncIntervalMs?: number;
 }

@@ -52,7 +52,8 @@ export function createApp(options: Partial<DistributorOptions> & Pick<Distributo
       rawBodyLength: req.rawBody?.length ?? null,
     });
   });
-  app.all('/{*rest}', echo);
+  // A catch-all that reads the same on Express 4 and 5 (no path syntax).
+  app.use(echo);
   return { app, mw };
 }
 

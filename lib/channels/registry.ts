@@ -25,8 +25,13 @@ export interface RegisteredChannel {
 export interface Tier {
   readonly priority: number;
   readonly channels: readonly RegisteredChannel[];
-  /** cumulative[i] = sum of weights of channels[0..i]; all zero when every weight is 0. */
-  readonly cumulative: Float64Array;
+  /**
+   * Packed per-channel data, 3 numbers each, so a pick touches one cache line instead of four:
+   * [3i] cumulative weight of channels[0..i], [3i+1] guide = first index whose cumulative weight
+   * exceeds i * totalWeight / n (the cutpoint method: a pick starts there and walks a step or
+   * two, whatever the tier size), [3i+2] channel id (exclusion checks skip the objects).
+   */
+  readonly packed: Float64Array;
   readonly totalWeight: number;
 }
 
@@ -279,13 +284,21 @@ function buildTiers(chans: RegisteredChannel[]): Tier[] {
   return [...byPriority.entries()]
     .sort((a, b) => b[0] - a[0])
     .map(([priority, channels]) => {
-      const cumulative = new Float64Array(channels.length);
+      const n = channels.length;
+      const packed = new Float64Array(3 * n);
       let sum = 0;
       channels.forEach((c, i) => {
         sum += c.weight;
-        cumulative[i] = sum;
+        packed[3 * i] = sum;
+        packed[3 * i + 2] = c.id;
       });
-      return { priority, channels, cumulative, totalWeight: sum };
+      let i = 0;
+      for (let j = 0; j < n; j++) {
+        const x = (j * sum) / n;
+        while (i < n - 1 && packed[3 * i] <= x) i++;
+        packed[3 * j + 1] = sum > 0 ? i : j;
+      }
+      return { priority, channels, packed, totalWeight: sum };
     });
 }
 

@@ -60,6 +60,7 @@ export class HealthBook {
         if (status === null) this.statusOverrides.delete(change.id);
         else this.statusOverrides.set(change.id, status);
         void this.guard.run('setOverride', () => store.setOverride(change.id, { status }), undefined);
+        if (status === null) this.restoreKeysIfNoneLeft(change.id);
       } else if (change.type === 'keys') {
         if (change.disabledKeys.length) this.keyOverrides.set(change.id, change.disabledKeys);
         else this.keyOverrides.delete(change.id);
@@ -78,6 +79,19 @@ export class HealthBook {
       this.timer = setInterval(() => void this.sync(), this.cfg.syncIntervalMs);
       this.timer.unref();
     }
+  }
+
+  /**
+   * Re-enabling a multi-key channel whose every key is off (health disabled the last one) brings
+   * back the keys of its configuration; otherwise it would be status 1 yet fail every setup.
+   */
+  private restoreKeysIfNoneLeft(id: number): void {
+    const ch = this.registry.get(id);
+    if (!ch || ch.keys.length < 2 || ch.disabledKeys.size < ch.keys.length) return;
+    for (let i = 0; i < ch.keys.length; i++) if (!ch.disabledKeys.has(i)) return;
+    const configured = (ch.input.disabledKeys ?? []).filter((i) => i < ch.keys.length);
+    if (configured.length >= ch.keys.length) return;
+    this.registry.applyDisabledKeys(id, [...new Set(configured)].sort((a, b) => a - b), 'local');
   }
 
   stop(): void {

@@ -81,9 +81,16 @@ function tooLarge(limit: number): DistributorError {
   return new DistributorError('request_too_large', `Request body is larger than the limit of ${limit} bytes`, 413);
 }
 
+/**
+ * `req.rawBody` -> the object the distributor parsed from it. The relay sends the raw bytes
+ * only while `req.body` is still that object (a replaced body is re-serialised).
+ */
+export const parsedFromRaw = new WeakMap<Buffer, unknown>();
+
 /** Marks the body as read the way body-parser does, so a parser mounted later skips it. */
 export function markBodyRead(req: Request, raw: Buffer, parsed: unknown): void {
   (req as ReadableReq)._body = true;
+  if (parsed !== null && typeof parsed === 'object') parsedFromRaw.set(raw, parsed);
   req.rawBody = raw;
   (req as { body: unknown }).body = parsed;
 }

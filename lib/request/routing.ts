@@ -18,19 +18,20 @@ export interface Routing {
 export async function resolveRouting(req: Request, res: Response, cfg: Config, parsed: ParsedRequest): Promise<Routing> {
   const raw = await cfg.context(req, res);
   const ctx: RequestContext = raw && typeof raw === 'object' ? raw : {};
-  let group = typeof ctx.group === 'string' && ctx.group ? ctx.group : 'default';
-  if (cfg.allowBodyGroup && parsed.bodyGroup && parsed.bodyGroup !== group) {
-    const usable = cfg.usableGroups ? cfg.usableGroups(ctx.userGroup) : [];
-    if (parsed.bodyGroup !== ctx.userGroup && !usable.includes(parsed.bodyGroup)) {
-      throw new DistributorError('group_forbidden', `No permission to access group ${parsed.bodyGroup}`, 403);
-    }
-    group = parsed.bodyGroup;
-  }
   let specificChannelId: number | undefined;
   if (ctx.specificChannelId !== undefined && ctx.specificChannelId !== null) {
     const id = typeof ctx.specificChannelId === 'string' ? Number(ctx.specificChannelId) : ctx.specificChannelId;
     if (typeof id !== 'number' || !Number.isInteger(id) || id <= 0) throw new DistributorError('invalid_channel_id', 'Invalid channel ID', 400);
     specificChannelId = id;
+  }
+  let group = typeof ctx.group === 'string' && ctx.group ? ctx.group : 'default';
+  // A specific channel ignores the group (API.md section 4), so a body group cannot forbid it.
+  if (specificChannelId === undefined && cfg.allowBodyGroup && parsed.bodyGroup && parsed.bodyGroup !== group) {
+    const usable = cfg.usableGroups ? cfg.usableGroups(ctx.userGroup) : [];
+    if (parsed.bodyGroup !== ctx.userGroup && !usable.includes(parsed.bodyGroup)) {
+      throw new DistributorError('group_forbidden', `No permission to access group ${parsed.bodyGroup}`, 403);
+    }
+    group = parsed.bodyGroup;
   }
   if (specificChannelId === undefined && Array.isArray(ctx.modelLimits)) {
     if (ctx.modelLimits.length === 0) throw new DistributorError('model_not_allowed', 'This token has no access to any models', 403);

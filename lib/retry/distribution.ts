@@ -49,6 +49,8 @@ export class RequestRun implements Distribution {
   private firstChosen?: number;
   private triedSet = new Set<number>();
   private upstreamRetries = 0;
+  /** upstream attempts made in the current `selectedGroup` ('descend' restarts at tier 0 in a new group) */
+  private groupUpstream = 0;
   private toldFailure = false;
   private finished = false;
   private retrying = false;
@@ -102,9 +104,10 @@ export class RequestRun implements Distribution {
   pick(groups: readonly string[], startTier = 0): { ch: RegisteredChannel; group: string } | undefined {
     const { registry, health, cfg } = this.rt;
     const now = Date.now();
-    const eligible = (ch: RegisteredChannel) => !this.triedSet.has(ch.id) && !health.isCooling(ch.id, now);
-    for (const g of groups) {
-      const ch = selectChannel(registry.tiers(g, this.model), eligible, cfg.random, cfg.retry.tierStrategy, startTier);
+    const eligible = (id: number) => !this.triedSet.has(id) && !health.isCooling(id, now);
+    for (const [i, g] of groups.entries()) {
+      // `startTier` applies to the first (current) group; a group moved on to starts at its top tier
+      const ch = selectChannel(registry.tiers(g, this.model), eligible, cfg.random, cfg.retry.tierStrategy, i === 0 ? startTier : 0);
       if (ch) return { ch, group: g };
     }
     return undefined;
@@ -135,6 +138,7 @@ export class RequestRun implements Distribution {
     this.current = ch;
     this.currentKeyIndex = keyIndex;
     this.firstChosen ??= ch.id;
+    if (group !== this.selectedGroup) this.groupUpstream = 0;
     this.selectedGroup = group;
     this.selected = true;
     this.toldFailure = false;
@@ -198,6 +202,7 @@ export class RequestRun implements Distribution {
     this.attempts.push({ channelId: cur.id, phase: 'upstream', status, reason });
     this.trace.push(`upstream ${status ?? 'error'} ch=${cur.id}`);
     this.toldFailure = true;
+    this.groupUpstream++;
     const retryable = isRetryable(cfg.retry.statusTable, status);
     if (retryable && this.affinity?.used && cur.id === this.pinnedId) this.pinFailed = true;
     await health.recordFailure(cur, this.currentKeyIndex, { ...failure, status });
@@ -210,7 +215,7 @@ export class RequestRun implements Distribution {
       if (counters.retrying >= allowed) return this.stop('budget', status);
     }
     const groups = this.retryGroups();
-    const startTier = cfg.retry.tierStrategy === 'descend' ? this.upstreamRetries + 1 : 0;
+    const startTier = cfg.retry.tierStrategy === 'descend' ? this.groupUpstream : 0;
     const from = cur.id;
     // Setup failures here are bounded by the channel count (each channel is tried once).
     let ok = await this.selectWithFallback(Number.MAX_SAFE_INTEGER, 'retry', groups, startTier);
@@ -257,7 +262,8 @@ export class RequestRun implements Distribution {
     counters.active--;
     if (this.retrying) counters.retrying--;
     const cur = this.current;
-    if (!cur || this.specific) return;
+    // A specific channel has no pin (match is unset) but its failures still feed health.
+    if (!cur) return;
     const status = this.res.statusCode;
     const match = this.match;
     if (finished && status < 400) {
@@ -268,6 +274,9 @@ export class RequestRun implements Distribution {
         void guard.run('clearPin', () => cfg.store.clearPin(match.key, this.pinnedId as number), false);
         return;
       }
+      // Without switchOnSuccess an existing pin never moves: a stale pin that was kept
+      // (keepOnChannelDisabled) or re-pinned elsewhere meanwhile stays as it is.
+      if (!aff.switchOnSuccess && this.affinity?.hit && !this.affinity.used && !this.affinity.cleared) return;
       // A used pin that served was already refreshed by the lookup: no write needed.
       if (this.affinity?.used && target === this.pinnedId && !this.pinFailed) return;
       if (!aff.switchOnSuccess && this.affinity?.used) target = this.pinnedId as number;

@@ -7,6 +7,9 @@ export const DEFAULT_RETRY_STATUS = '100-199,300-399,401-407,409-499,500-503,505
 /** Compiles ranges into a 600-entry lookup table (O(1) per check). */
 export function parseStatusRanges(spec: string | ReadonlyArray<number | string>): Uint8Array {
   const table = new Uint8Array(600);
+  if (typeof spec !== 'string' && !Array.isArray(spec)) {
+    throw configError('retry.statusCodes must be a string like "429,500-503" or an array of statuses and ranges');
+  }
   const tokens = typeof spec === 'string' ? spec.split(/[,，]/) : spec.map(String);
   for (const raw of tokens) {
     const t = raw.trim();

@@ -1,8 +1,9 @@
 // Pure channel selection: priority tiers, weighted random inside a tier, exclusion by predicate.
-// No I/O; the random source is injected. A pick costs O(log n) in the common case.
+// No I/O; the random source is injected. A pick is O(1) expected (guide table), whatever the tier size.
 import type { RegisteredChannel, Tier } from '../channels/registry';
 
-export type Eligible = (ch: RegisteredChannel) => boolean;
+/** Is the channel with this id eligible (not tried, not cooling)? Id-based to stay cache-friendly. */
+export type Eligible = (id: number) => boolean;
 
 const REJECTION_TRIES = 8;
 
@@ -11,16 +12,15 @@ function clampIndex(x: number, n: number): number {
   return i < 0 ? 0 : i >= n ? n - 1 : i;
 }
 
-/** First index whose cumulative weight exceeds r (weight-0 channels are never hit). */
-function upperBound(cum: Float64Array, r: number): number {
-  let lo = 0;
-  let hi = cum.length - 1;
-  while (lo < hi) {
-    const mid = (lo + hi) >>> 1;
-    if (cum[mid] > r) hi = mid;
-    else lo = mid + 1;
-  }
-  return lo;
+/**
+ * First index whose cumulative weight exceeds `u * total` (weight-0 channels are never hit).
+ * Starts from the tier's guide entry, so the expected walk is O(1) whatever the tier size.
+ */
+function weightedIndex(packed: Float64Array, n: number, total: number, u: number): number {
+  const r = u * total;
+  let i = packed[3 * clampIndex(u * n, n) + 1];
+  while (i < n - 1 && packed[3 * i] <= r) i++;
+  return i;
 }
 
 /**
@@ -28,22 +28,20 @@ function upperBound(cum: Float64Array, r: number): number {
  * eligible channel has weight 0 they get equal chances (the reference's smoothing).
  */
 export function pickFromTier(tier: Tier, eligible: Eligible, random: () => number): RegisteredChannel | undefined {
-  const { channels, cumulative, totalWeight } = tier;
+  const { channels, packed, totalWeight } = tier;
   const n = channels.length;
   // Rejection sampling over the whole tier: exact for the eligible subset, and independent of n.
   for (let k = 0; k < REJECTION_TRIES; k++) {
-    const ch = totalWeight > 0
-      ? channels[upperBound(cumulative, Math.min(random(), 0.9999999999999999) * totalWeight)]
-      : channels[clampIndex(random() * n, n)];
-    if (eligible(ch)) return ch;
+    const i = totalWeight > 0 ? weightedIndex(packed, n, totalWeight, Math.min(random(), 0.9999999999999999)) : clampIndex(random() * n, n);
+    if (eligible(packed[3 * i + 2])) return channels[i];
   }
   // Many excluded: filter once and pick exactly among what is left.
   const pool: RegisteredChannel[] = [];
   let sum = 0;
-  for (const ch of channels) {
-    if (eligible(ch)) {
-      pool.push(ch);
-      sum += ch.weight;
+  for (let i = 0; i < n; i++) {
+    if (eligible(packed[3 * i + 2])) {
+      pool.push(channels[i]);
+      sum += channels[i].weight;
     }
   }
   if (pool.length === 0) return undefined;

@@ -1,0 +1,126 @@
+// Type tests. ts-jest transpiles only here (isolatedModules), so the checks run the TypeScript
+// compiler themselves: a strict consumer against lib/ and against the built declarations.
+import { beforeAll, describe, expect, test } from '@jest/globals';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import ts from 'typescript';
+
+const ROOT = path.join(__dirname, '..');
+const FIXTURE = path.join(__dirname, 'types', 'consumer.ts');
+const DIST = path.join(ROOT, 'dist');
+
+const STRICT: ts.CompilerOptions = {
+  strict: true,
+  noEmit: true,
+  target: ts.ScriptTarget.ES2022,
+  lib: ['lib.es2022.d.ts'],
+  types: ['node'],
+  esModuleInterop: true,
+  skipLibCheck: false,
+  noUnusedLocals: false,
+};
+
+/** Diagnostics of one program, as `file:line: message` strings (only the files we wrote). */
+function compile(files: string[], options: ts.CompilerOptions): Array<{ file: string; line: number; text: string }> {
+  const program = ts.createProgram(files, options);
+  return ts.getPreEmitDiagnostics(program).map((d) => {
+    const line = d.file && d.start !== undefined ? d.file.getLineAndCharacterOfPosition(d.start).line + 1 : 0;
+    return { file: d.file?.fileName ?? '', line, text: ts.flattenDiagnosticMessageText(d.messageText, '\n') };
+  });
+}
+
+/** The `@ts-expect-error -- expect: TEXT` lines of the fixture: 1-based line of the code, and TEXT. */
+function expectations(source: string): Array<{ line: number; text: string }> {
+  const out: Array<{ line: number; text: string }> = [];
+  source.split('\n').forEach((l, i) => {
+    const m = /@ts-expect-error -- expect: (.+)$/.exec(l);
+    if (m) out.push({ line: i + 2, text: m[1].trim() });
+  });
+  return out;
+}
+
+function newestMtime(dir: string): number {
+  let t = 0;
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = path.join(dir, e.name);
+    t = Math.max(t, e.isDirectory() ? newestMtime(p) : statSync(p).mtimeMs);
+  }
+  return t;
+}
+
+/** dist/ as `npm run build` makes it (.ci/run builds first); rebuilt here when missing or stale. */
+function ensureDist(): void {
+  const index = path.join(DIST, 'index.d.ts');
+  if (existsSync(index) && statSync(index).mtimeMs >= newestMtime(path.join(ROOT, 'lib'))) return;
+  execFileSync(process.execPath, [require.resolve('typescript/bin/tsc'), '-p', 'tsconfig.build.json'], { cwd: ROOT, stdio: 'pipe' });
+}
+
+describe('types seen by a strict consumer', () => {
+  const source = readFileSync(FIXTURE, 'utf8');
+  const expected = expectations(source);
+
+  test('the fixture has the expected-error lines this suite relies on', () => {
+    expect(expected.map((e) => e.text)).toEqual(expect.arrayContaining(["'retyr'", "'tiems'", "'memoryStore'", "'guard'", "not assignable to type 'string'"]));
+  });
+
+  test('compiles against lib/: res.locals typed, option typos and wrong types rejected', () => {
+    const diags = compile([FIXTURE], { ...STRICT, module: ts.ModuleKind.CommonJS, moduleResolution: ts.ModuleResolutionKind.Node10 });
+    expect(diags.map((d) => `${path.relative(ROOT, d.file)}:${d.line}: ${d.text}`)).toEqual([]);
+  }, 60_000);
+
+  test('each expected error is the intended one (the directives removed, the errors appear)', () => {
+    const dir = path.join(ROOT, '.tmp', `types-bare-${process.pid}`);
+    mkdirSync(dir, { recursive: true });
+    const file = path.join(dir, 'consumer.ts');
+    try {
+      writeFileSync(file, source.replace(/\/\/ @ts-expect-error -- expect: .*$/gm, '// (directive removed)').split("'../../lib'").join(JSON.stringify(path.join(ROOT, 'lib'))));
+      const diags = compile([file], { ...STRICT, module: ts.ModuleKind.CommonJS, moduleResolution: ts.ModuleResolutionKind.Node10 });
+      for (const e of expected) {
+        const at = diags.filter((d) => d.file === file && d.line === e.line);
+        expect({ line: e.line, messages: at.map((d) => d.text).join(' | ') }).toEqual({ line: e.line, messages: expect.stringContaining(e.text) });
+      }
+      // Nothing else fails: every error is on an expected line.
+      const stray = diags.filter((d) => !expected.some((e) => e.line === d.line));
+      expect(stray.map((d) => `${d.line}: ${d.text}`)).toEqual([]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 60_000);
+
+  describe('built declarations', () => {
+    beforeAll(() => ensureDist(), 120_000);
+
+    test('dist/index.d.ts pulls in the res.locals augmentation (declare global in dist/types.d.ts)', () => {
+      const index = readFileSync(path.join(DIST, 'index.d.ts'), 'utf8');
+      expect(index).toMatch(/from '\.\/types'/);
+      const types = readFileSync(path.join(DIST, 'types.d.ts'), 'utf8');
+      const global = types.slice(types.indexOf('declare global'));
+      expect(types).toContain('declare global');
+      expect(global).toMatch(/interface Locals \{[^}]*channel\?: import\("\.\/types"\)\.Channel;[^}]*distribution\?: import\("\.\/types"\)\.Distribution;/s);
+    });
+
+    test('the optional peer prom-client never appears in the declarations', () => {
+      for (const f of readdirSync(DIST).filter((n) => n.endsWith('.d.ts'))) {
+        expect({ f, text: readFileSync(path.join(DIST, f), 'utf8').includes('prom-client') }).toEqual({ f, text: false });
+      }
+    });
+
+    test('a strict consumer importing the package by name (exports -> types) compiles, skipLibCheck off', () => {
+      // A file inside the package may import it by its own name under node16 resolution, which
+      // reads package.json `exports` exactly as a consumer's compiler does.
+      const dir = path.join(ROOT, '.tmp', `types-consumer-${process.pid}`);
+      mkdirSync(dir, { recursive: true });
+      const file = path.join(dir, 'consumer.ts');
+      try {
+        writeFileSync(file, source.split("'../../lib'").join("'express-channel-distributor'"));
+        const diags = compile([file], {
+          ...STRICT, module: ts.ModuleKind.Node16, moduleResolution: ts.ModuleResolutionKind.Node16, exactOptionalPropertyTypes: true,
+        });
+        expect(diags.map((d) => `${path.relative(ROOT, d.file)}:${d.line}: ${d.text}`)).toEqual([]);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    }, 60_000);
+  });
+});

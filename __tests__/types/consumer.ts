@@ -1,0 +1,56 @@
+// A strict consumer of the package, never run: `npm run typecheck` compiles it against lib/, and
+// __tests__/types.test.ts compiles it against lib/ and against the built declarations (by package
+// name, through package.json `exports`). Each `@ts-expect-error -- expect: TEXT` line must be an
+// error whose message contains TEXT.
+import express, { type NextFunction, type Request, type Response } from 'express';
+import {
+  adminRouter, distributor, distributorAdmin, distributorMetrics, mergeHooks,
+  type Channel, type ChannelHealth, type Distribution, type DistributorHandler, type RetryFailure,
+} from '../../lib';
+
+export function consumer(): DistributorHandler {
+  const app = express();
+  const mw = distributor({
+    channels: [{ id: 1, models: 'gpt-4o', key: 'sk-x' }],
+    traceHeader: true,
+    validate: { memoryStoreInProduction: false },
+    on: mergeHooks({ select: (e) => void e.elapsedMs }),
+  });
+  app.use('/v1', mw);
+  app.post('/v1/chat/completions', async (_req: Request, res: Response, next: NextFunction) => {
+    const id: number | undefined = res.locals.channel?.id;
+    const key: string | undefined = res.locals.channel?.key;
+    const retry: ((failure?: RetryFailure) => Promise<Channel | null>) | undefined = res.locals.distribution?.retry;
+    const trace: string[] | undefined = res.locals.distribution?.trace;
+    const d: Distribution | undefined = res.locals.distribution;
+    // @ts-expect-error -- expect: not assignable to type 'string'
+    const wrongId: string | undefined = res.locals.channel?.id;
+    // @ts-expect-error -- expect: read-only
+    if (res.locals.channel) res.locals.channel.id = 2;
+    // @ts-expect-error -- expect: not assignable to type 'number'
+    const wrongRetry: number | undefined = res.locals.distribution?.retry;
+    void [id, key, retry, trace, d, wrongId, wrongRetry, next];
+    const nextChannel = await res.locals.distribution?.retry({ status: 429 });
+    res.json({ id: nextChannel?.id ?? null });
+  });
+
+  const metrics = distributorMetrics();
+  const text: Promise<string> = metrics.registry.metrics();
+  const health: ChannelHealth | undefined = distributorAdmin(mw).channelHealth(1);
+  app.use('/admin', adminRouter(mw, { guard: (_req, _res, next) => next() }));
+  void [text, health];
+
+  // @ts-expect-error -- expect: 'retyr'
+  distributor({ channels: [], retyr: {} });
+  // @ts-expect-error -- expect: 'tiems'
+  distributor({ channels: [], retry: { tiems: 2 } });
+  // @ts-expect-error -- expect: not assignable to type 'boolean
+  distributor({ channels: [], traceHeader: 'yes' });
+  // @ts-expect-error -- expect: 'memoryStore'
+  distributor({ channels: [], validate: { memoryStore: false } });
+  // @ts-expect-error -- expect: 'channels'
+  distributor({});
+  // @ts-expect-error -- expect: 'guard'
+  adminRouter(mw, {});
+  return mw;
+}

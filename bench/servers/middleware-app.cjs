@@ -1,0 +1,56 @@
+// Middleware-overhead server: Express + express.json() + a fixed JSON reply, with or without
+// distributor() in front. Uses the built package (dist/). Listens on 127.0.0.1:$PORT.
+//   MODE=bare|memory|redis PORT=18300 [REDIS_URL=redis://127.0.0.1:6379] node bench/servers/middleware-app.cjs
+'use strict';
+const express = require('express');
+const { distributor, MemoryStore, RedisStore } = require('../../dist');
+
+const MODE = process.env.MODE || 'bare';
+const PORT = Number(process.env.PORT || 18300);
+const REPLY = Buffer.from(JSON.stringify({
+  id: 'resp-mock', object: 'response', created: 1700000000, model: 'gpt-4o-mini',
+  output: [{ type: 'message', role: 'assistant', content: [{ type: 'output_text', text: 'Hello' }] }],
+}));
+
+// 20 channels over 3 tiers, weights 1..5, all serving the bench model.
+const channels = Array.from({ length: 20 }, (_, i) => ({
+  id: i + 1, name: `ch${i + 1}`, models: 'gpt-4o-mini,gpt-5', priority: [10, 5, 0][i % 3], weight: (i % 5) + 1,
+  baseUrl: 'http://127.0.0.1:1', key: `sk-bench-${i + 1}`,
+}));
+
+async function main() {
+  const app = express();
+  app.set('etag', false);
+  app.use(express.json({ limit: '1mb' }));
+  let client;
+  if (MODE !== 'bare') {
+    let store;
+    if (MODE === 'redis') {
+      const { createClient } = require('redis');
+      client = createClient({ url: process.env.REDIS_URL || 'redis://127.0.0.1:6379' });
+      client.on('error', () => {});
+      await client.connect();
+      store = new RedisStore({ client, prefix: `ecd-bench-${process.pid}:` });
+    } else {
+      store = new MemoryStore();
+    }
+    // default affinity rules on (codex cli trace matches /v1/responses + prompt_cache_key)
+    app.use(distributor({ channels, store, retry: { times: 2 } }));
+  }
+  app.post('/v1/responses', (req, res) => {
+    res.type('application/json').send(REPLY);
+  });
+  const server = app.listen(PORT, '127.0.0.1', () => console.log(`middleware-app ${MODE} on ${PORT}`));
+  server.keepAliveTimeout = 65_000;
+  for (const sig of ['SIGTERM', 'SIGINT']) {
+    process.on(sig, () => {
+      server.close();
+      if (client) client.quit().catch(() => {});
+      process.exit(0);
+    });
+  }
+}
+main().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});

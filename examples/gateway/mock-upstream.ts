@@ -1,0 +1,346 @@
+// A built-in OpenAI-compatible mock upstream (one "channel"), started in-process on a free
+// loopback port. Plain node:http, no network beyond 127.0.0.1. Used by the example gateway and by
+// the relay tests; it can also run alone:
+//
+//   PORT=18001 MOCK_NAME=ch1 npx tsx examples/gateway/mock-upstream.ts
+//
+// Endpoints:
+//   POST /v1/chat/completions   chat.completion JSON, or SSE chunks ending in `data: [DONE]` with "stream": true
+//   POST /v1/responses          a Responses API object, or its SSE events with "stream": true
+//   GET  /v1/models             the model list
+//   GET  /__stats               counters (the last Authorization is shown masked)
+//   POST /__reset               zero the counters
+//   GET  /                      "ok"
+import http from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
+
+/** How the mock misbehaves. Everything is off by default (a healthy, instant upstream). */
+export interface MockBehaviour {
+  /** Which requests fail with `failStatus`: 1 = all, 0.5 = every 2nd (deterministic), 0 = none. */
+  failRate?: number;
+  /** Fail the first N requests (after a reset), then answer normally. */
+  failFirst?: number;
+  /** Status of a failure. Default 500. */
+  failStatus?: number;
+  /** Sent as `Retry-After` on failures. */
+  retryAfter?: string;
+  /**
+   * The failure's `error.message`. `{auth}` is replaced by the Authorization value received
+   * (to test that a gateway never leaks an upstream echo of its key).
+   */
+  failMessage?: string;
+  /** Wait this long before answering (ms); above a client's timeout it simulates a timeout. */
+  delayMs?: number;
+  /** Delay between SSE chunks (ms). */
+  chunkGapMs?: number;
+  /**
+   * Cut the connection after N body chunks of a successful answer (SSE events; for JSON, N > 0
+   * sends half the body). 0 cuts right after the response headers.
+   */
+  cutAfterChunks?: number;
+  /** Apply `cutAfterChunks` to the first N successful answers only (default: all). */
+  cutFirst?: number;
+  /** Reset the connection without answering. */
+  dropConnection?: boolean;
+}
+
+export interface MockUpstreamOptions extends MockBehaviour {
+  /** Label echoed in the completion text ("Hello from <name>") and in the stats. */
+  name?: string;
+  /** Default 0 (a free port). */
+  port?: number;
+  /** Default 127.0.0.1. */
+  host?: string;
+  /** The model named in answers. Default: the request's model, else gpt-4o-mini. */
+  model?: string;
+}
+
+export interface MockRequestRecord {
+  method: string;
+  path: string;
+  headers: http.IncomingHttpHeaders;
+  body: string;
+}
+
+export interface MockStats {
+  hits: number;
+  ok: number;
+  failed: number;
+  streamed: number;
+  cut: number;
+  dropped: number;
+  paths: Record<string, number>;
+  /** The last request as received (tests only; never printed). */
+  last?: MockRequestRecord;
+}
+
+export interface MockUpstream {
+  readonly name: string;
+  readonly port: number;
+  /** `http://127.0.0.1:<port>` */
+  readonly url: string;
+  readonly stats: MockStats;
+  /** Changes the behaviour for the next requests (merged into the current one). */
+  set(behaviour: MockBehaviour): void;
+  /** Zeroes the counters (and the failFirst / cutFirst countdowns). */
+  reset(): void;
+  close(): Promise<void>;
+}
+
+const CREATED = 1700000000;
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+function emptyStats(): MockStats {
+  return { hits: 0, ok: 0, failed: 0, streamed: 0, cut: 0, dropped: 0, paths: {} };
+}
+
+function chatJson(name: string, model: string): string {
+  return JSON.stringify({
+    id: `chatcmpl-mock-${name}`,
+    object: 'chat.completion',
+    created: CREATED,
+    model,
+    choices: [{ index: 0, message: { role: 'assistant', content: `Hello from ${name}`, refusal: null }, logprobs: null, finish_reason: 'stop' }],
+    usage: { prompt_tokens: 9, completion_tokens: 4, total_tokens: 13 },
+    system_fingerprint: 'fp_mock',
+  });
+}
+
+function chatChunks(name: string, model: string): string[] {
+  const chunk = (delta: Record<string, unknown>, finish: string | null = null) =>
+    `data: ${JSON.stringify({ id: `chatcmpl-mock-${name}`, object: 'chat.completion.chunk', created: CREATED, model, system_fingerprint: 'fp_mock', choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }] })}\n\n`;
+  return [
+    chunk({ role: 'assistant', content: '' }),
+    chunk({ content: 'Hello' }),
+    chunk({ content: ' from' }),
+    chunk({ content: ` ${name}` }),
+    chunk({}, 'stop'),
+    'data: [DONE]\n\n',
+  ];
+}
+
+function responseObject(name: string, model: string, status: 'in_progress' | 'completed'): Record<string, unknown> {
+  const done = status === 'completed';
+  return {
+    id: `resp_mock_${name}`,
+    object: 'response',
+    created_at: CREATED,
+    status,
+    model,
+    output: done
+      ? [{ type: 'message', id: `msg_mock_${name}`, status: 'completed', role: 'assistant', content: [{ type: 'output_text', text: `Hello from ${name}`, annotations: [] }] }]
+      : [],
+    usage: done ? { input_tokens: 9, output_tokens: 4, total_tokens: 13 } : null,
+  };
+}
+
+function responseEvents(name: string, model: string): string[] {
+  const ev = (type: string, data: Record<string, unknown>) => `event: ${type}\ndata: ${JSON.stringify({ type, ...data })}\n\n`;
+  return [
+    ev('response.created', { response: responseObject(name, model, 'in_progress') }),
+    ev('response.output_text.delta', { item_id: `msg_mock_${name}`, output_index: 0, content_index: 0, delta: 'Hello' }),
+    ev('response.output_text.delta', { item_id: `msg_mock_${name}`, output_index: 0, content_index: 0, delta: ` from ${name}` }),
+    ev('response.output_text.done', { item_id: `msg_mock_${name}`, output_index: 0, content_index: 0, text: `Hello from ${name}` }),
+    ev('response.completed', { response: responseObject(name, model, 'completed') }),
+  ];
+}
+
+/** Starts a mock upstream; resolves once it listens. */
+export function startMockUpstream(options: MockUpstreamOptions = {}): Promise<MockUpstream> {
+  const host = options.host ?? '127.0.0.1';
+  let behaviour: MockBehaviour = { ...options };
+  let name = options.name ?? 'mock';
+  const stats = emptyStats();
+  let n = 0;
+  let okN = 0;
+  const sockets = new Set<Socket>();
+
+  const shouldFail = (): boolean => {
+    n += 1;
+    if (behaviour.failFirst !== undefined && n <= behaviour.failFirst) return true;
+    const rate = Math.min(1, Math.max(0, behaviour.failRate ?? 0));
+    if (rate <= 0) return false;
+    return Math.floor(n * rate) > Math.floor((n - 1) * rate);
+  };
+
+  const handle = async (req: http.IncomingMessage, res: http.ServerResponse, raw: string, path: string) => {
+    stats.hits += 1;
+    stats.paths[path] = (stats.paths[path] ?? 0) + 1;
+    stats.last = { method: req.method ?? '', path: req.url ?? '', headers: req.headers, body: raw };
+    const b = behaviour;
+    if (b.delayMs) await sleep(b.delayMs);
+    if (res.destroyed) return;
+    if (b.dropConnection) {
+      stats.dropped += 1;
+      req.socket.destroy();
+      return;
+    }
+    if (shouldFail()) {
+      stats.failed += 1;
+      const status = b.failStatus ?? 500;
+      const auth = req.headers.authorization ?? '';
+      const message = (b.failMessage ?? `mock ${name} failure (${status})`).split('{auth}').join(auth);
+      const body = JSON.stringify({ error: { message, type: status === 429 ? 'rate_limit_exceeded' : 'server_error', param: null, code: null } });
+      const h: http.OutgoingHttpHeaders = { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) };
+      if (b.retryAfter !== undefined) h['retry-after'] = b.retryAfter;
+      res.writeHead(status, h);
+      res.end(body);
+      return;
+    }
+    let parsed: { model?: unknown; stream?: unknown } = {};
+    if (raw) {
+      try {
+        parsed = JSON.parse(raw) as typeof parsed;
+      } catch {
+        /* answer non-streamed */
+      }
+    }
+    const model = options.model ?? (typeof parsed.model === 'string' ? parsed.model : 'gpt-4o-mini');
+    okN += 1;
+    const cut = b.cutAfterChunks !== undefined && (b.cutFirst === undefined || okN <= b.cutFirst) ? b.cutAfterChunks : undefined;
+    const responses = path === '/v1/responses';
+    if (parsed.stream !== true) {
+      const body = Buffer.from(responses ? JSON.stringify(responseObject(name, model, 'completed')) : chatJson(name, model));
+      res.writeHead(200, { 'content-type': 'application/json', 'content-length': body.length });
+      if (cut !== undefined) {
+        stats.cut += 1;
+        if (cut > 0) res.write(body.subarray(0, body.length >> 1));
+        else res.flushHeaders();
+        setImmediate(() => req.socket.destroy());
+        return;
+      }
+      stats.ok += 1;
+      res.end(body);
+      return;
+    }
+    stats.streamed += 1;
+    res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache' });
+    const chunks = responses ? responseEvents(name, model) : chatChunks(name, model);
+    for (let i = 0; i < chunks.length; i++) {
+      if (cut !== undefined && i >= cut) {
+        stats.cut += 1;
+        if (i === 0) res.flushHeaders();
+        // let the written bytes leave before the reset
+        await sleep(10);
+        req.socket.destroy();
+        return;
+      }
+      res.write(chunks[i]);
+      if (b.chunkGapMs) await sleep(b.chunkGapMs);
+      if (res.destroyed) return;
+    }
+    stats.ok += 1;
+    res.end();
+  };
+
+  const server = http.createServer((req, res) => {
+    const url = req.url ?? '/';
+    const q = url.indexOf('?');
+    const path = q === -1 ? url : url.slice(0, q);
+    if (req.method === 'POST' && (path === '/v1/chat/completions' || path === '/v1/responses')) {
+      const chunks: Buffer[] = [];
+      req.on('data', (d: Buffer) => chunks.push(d));
+      req.on('end', () => {
+        handle(req, res, Buffer.concat(chunks).toString('utf8'), path).catch(() => res.destroy());
+      });
+      return;
+    }
+    req.resume();
+    if (req.method === 'GET' && path === '/v1/models') {
+      const body = JSON.stringify({ object: 'list', data: [{ id: options.model ?? 'gpt-4o-mini', object: 'model', created: CREATED, owned_by: name }] });
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(body);
+      return;
+    }
+    if (req.method === 'GET' && path === '/__stats') {
+      const auth = stats.last?.headers.authorization;
+      const { last: _last, ...counters } = stats;
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ name, ...counters, lastAuth: auth ? `${auth.slice(0, 12)}…` : null }));
+      return;
+    }
+    if (req.method === 'POST' && path === '/__reset') {
+      api.reset();
+      res.writeHead(204);
+      res.end();
+      return;
+    }
+    if (req.method === 'GET' && path === '/') {
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      res.end('ok');
+      return;
+    }
+    res.writeHead(404, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ error: { message: `mock ${name}: no route ${req.method} ${path}`, type: 'invalid_request_error', code: 'not_found' } }));
+  });
+  server.keepAliveTimeout = 65_000;
+  server.headersTimeout = 66_000;
+  server.on('connection', (s: Socket) => {
+    sockets.add(s);
+    s.once('close', () => sockets.delete(s));
+  });
+
+  const api: MockUpstream = {
+    get name() {
+      return name;
+    },
+    port: 0,
+    url: '',
+    stats,
+    set(b: MockBehaviour) {
+      behaviour = { ...behaviour, ...b };
+    },
+    reset() {
+      Object.assign(stats, emptyStats());
+      delete stats.last;
+      n = 0;
+      okN = 0;
+    },
+    close() {
+      return new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        for (const s of sockets) s.destroy();
+      });
+    },
+  };
+
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(options.port ?? 0, host, () => {
+      const { port } = server.address() as AddressInfo;
+      if (!options.name) name = `mock-${port}`;
+      Object.assign(api, { port, url: `http://${host}:${port}` });
+      resolve(api);
+    });
+  });
+}
+
+/** A loopback URL where nothing listens (a port taken, then released): connection refused. */
+export function closedPortUrl(host = '127.0.0.1'): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const s = http.createServer();
+    s.once('error', reject);
+    s.listen(0, host, () => {
+      const { port } = s.address() as AddressInfo;
+      s.close(() => resolve(`http://${host}:${port}`));
+    });
+  });
+}
+
+if (require.main === module) {
+  const env = process.env;
+  const num = (v: string | undefined) => (v === undefined || v === '' ? undefined : Number(v));
+  void startMockUpstream({
+    name: env.MOCK_NAME,
+    port: num(env.PORT) ?? 18001,
+    failRate: num(env.MOCK_FAIL_RATE),
+    failStatus: num(env.MOCK_FAIL_STATUS),
+    retryAfter: env.MOCK_RETRY_AFTER,
+    delayMs: num(env.MOCK_DELAY_MS),
+    chunkGapMs: num(env.MOCK_STREAM_GAP_MS),
+    cutAfterChunks: num(env.MOCK_CUT_AFTER),
+  }).then((m) => {
+    console.log(`mock ${m.name} listening on ${m.url}`);
+    for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => void m.close().then(() => process.exit(0)));
+  });
+}

@@ -1,0 +1,489 @@
+// relay(): an optional Express handler that forwards a request to `res.locals.channel` (an
+// OpenAI-compatible upstream) with undici, streams the answer back, and asks the distributor for
+// another channel (`res.locals.distribution.retry()`) when an attempt fails before the first byte
+// reached the client. After that commit point a failure ends the response visibly: an SSE `error`
+// event for event streams, an aborted response otherwise; never a clean-looking success.
+import type { NextFunction, Request, RequestHandler, Response } from 'express';
+import type { Readable } from 'node:stream';
+import { Agent, type Dispatcher } from 'undici';
+import { bodyKind, parsedFromRaw } from '../request/body';
+import type { Channel, Distribution } from '../types';
+import { callerSecrets, forwardRequestHeaders, forwardResponseHeaders, parseRetryAfter, scrub, type RelayHeaders } from './headers';
+import { upstreamBase, upstreamPath } from './target';
+
+export type { RelayHeaders } from './headers';
+
+/** Codes of the errors relay() itself answers with (`{ error: { message, type: 'upstream_error', code } }`). */
+export type RelayErrorCode =
+  | 'upstream_connection_error'
+  | 'upstream_timeout'
+  | 'upstream_status'
+  | 'stream_interrupted'
+  | 'no_channel';
+
+/** One failed upstream attempt, as reported to `onUpstreamError`. Messages are secret-free. */
+export interface RelayUpstreamError {
+  req: Request;
+  /** The id of the channel the failed attempt went to. */
+  channelId: number;
+  /** 1-based attempt number within the request. */
+  attempt: number;
+  /** The upstream's status, when it answered with one. */
+  status?: number;
+  code: RelayErrorCode;
+  message: string;
+  /** The upstream's retry hint (Retry-After / retry-after-ms), in ms. */
+  retryAfterMs?: number;
+  /** True when the failure came after the first byte reached the client (no retry possible). */
+  committed: boolean;
+}
+
+export interface RelayOptions {
+  /**
+   * Time to wait for the upstream's response headers, per attempt (ms). A non-streamed
+   * completion only sends headers when it is done, so keep this above your slowest answer.
+   * Default 120_000.
+   */
+  timeoutMs?: number;
+  /** Longest silence between two body chunks (ms), per attempt. Default 120_000. */
+  bodyTimeoutMs?: number;
+  /** TCP connect timeout of the Agent relay() creates (ignored with `dispatcher`). Default 10_000. */
+  connectTimeoutMs?: number;
+  /** Bytes of an upstream error body read to build the client's error and `retry()`'s reason. Default 65_536. */
+  errorBodyLimit?: number;
+  /**
+   * Maps a request to the path (and query) appended to the channel's base URL path. Default: the
+   * pathname and query of `req.originalUrl`, with a version segment that ends the base URL (`/v1`,
+   * `/v1beta`, ...) not repeated: base `http://h/v1` + `/v1/chat/completions` -> `http://h/v1/chat/completions`.
+   * A returned path is used verbatim (no de-duplication).
+   */
+  path?: (req: Request, channel: Channel) => string;
+  /**
+   * Adjusts the upstream request headers per attempt (for example `x-api-key` for an Anthropic
+   * upstream). Receives a copy it may mutate, or returns a replacement. Default headers: the
+   * caller's minus hop-by-hop headers, `host`, `content-length`, `accept-encoding`, `expect`, `cookie`
+   * and the caller's credentials, plus `authorization: Bearer <channel.key>` when the channel has a key.
+   */
+  headers?: (headers: RelayHeaders, ctx: { req: Request; channel: Channel; attempt: number }) => RelayHeaders | void;
+  /** The undici dispatcher to send with. Default: one keep-alive `Agent` per relay() (closed by `close()`). */
+  dispatcher?: Dispatcher;
+  /** Observes every failed attempt (before and after the commit point). A throwing hook is ignored. */
+  onUpstreamError?: (e: RelayUpstreamError) => void;
+}
+
+/** The handler returned by relay(), with its dispatcher and a `close()` for the Agent it created. */
+export interface RelayHandler extends RequestHandler {
+  readonly dispatcher: Dispatcher;
+  /** Closes the Agent relay() created (a `dispatcher` you passed is left alone). */
+  close(): Promise<void>;
+}
+
+interface Resolved {
+  timeoutMs: number;
+  bodyTimeoutMs: number;
+  errorBodyLimit: number;
+  path?: RelayOptions['path'];
+  headers?: RelayOptions['headers'];
+  dispatcher: Dispatcher;
+  onUpstreamError?: RelayOptions['onUpstreamError'];
+}
+
+/** A failed attempt. `committed` failures were already answered to the client. */
+interface Failure {
+  status?: number;
+  code: RelayErrorCode;
+  message: string;
+  retryAfterMs?: number;
+  /** The upstream's (scrubbed) error body and its Retry-After, for the final error response. */
+  body?: string;
+  retryAfter?: string;
+  committed: boolean;
+}
+
+interface OutBody {
+  data?: Buffer | string;
+  stream?: Readable;
+}
+
+interface RunState {
+  clientGone: boolean;
+  signal: AbortSignal;
+  secrets: string[];
+}
+
+const SSE_HOLD_LIMIT = 1 << 20;
+
+function relayErrorBody(message: string, code: RelayErrorCode | string): string {
+  return JSON.stringify({ error: { message, type: 'upstream_error', code } });
+}
+
+function positive(name: string, v: number | undefined, def: number): number {
+  if (v === undefined) return def;
+  if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) throw new TypeError(`relay(): ${name} must be a positive number`);
+  return v;
+}
+
+function hasBody(req: Request): boolean {
+  if (req.headers['transfer-encoding'] !== undefined) return true;
+  const cl = req.headers['content-length'];
+  return cl !== undefined && cl !== '0';
+}
+
+/**
+ * What to send upstream: the raw bytes the distributor read while `req.body` is still the
+ * object it parsed from them (or was never set); a replaced body re-serialised (JSON, or
+ * urlencoded for form requests); otherwise the unread request stream (not replayable).
+ */
+function outgoingBody(req: Request, headers: RelayHeaders): OutBody {
+  const raw = req.rawBody;
+  const body: unknown = req.body;
+  if (raw && (body === undefined || parsedFromRaw.get(raw) === body)) return { data: raw };
+  if (body !== undefined && body !== null) {
+    if (Buffer.isBuffer(body)) return { data: body };
+    if (typeof body === 'string') return { data: body };
+    if (typeof body === 'object') {
+      if (!hasBody(req) && Object.keys(body).length === 0) return {};
+      if (bodyKind(req.headers['content-type']) === 'form') {
+        return { data: new URLSearchParams(body as Record<string, string>).toString() };
+      }
+      if (bodyKind(req.headers['content-type']) !== 'json') headers['content-type'] = 'application/json';
+      return { data: JSON.stringify(body) };
+    }
+  }
+  if (hasBody(req) && !req.readableEnded && (req as { _body?: boolean })._body !== true) {
+    const cl = req.headers['content-length'];
+    if (cl !== undefined) headers['content-length'] = cl;
+    return { stream: req };
+  }
+  return {};
+}
+
+function errorCode(e: unknown): string | undefined {
+  const c = (e as { code?: unknown } | null)?.code;
+  return typeof c === 'string' ? c : undefined;
+}
+
+/** A connection-level failure, described without addresses or URLs. */
+function networkFailure(e: unknown): Failure {
+  const code = errorCode(e);
+  switch (code) {
+    case 'UND_ERR_HEADERS_TIMEOUT':
+      return { code: 'upstream_timeout', message: 'Upstream timed out before sending response headers', committed: false };
+    case 'UND_ERR_BODY_TIMEOUT':
+      return { code: 'upstream_timeout', message: 'Upstream timed out while sending the response body', committed: false };
+    case 'UND_ERR_CONNECT_TIMEOUT':
+      return { code: 'upstream_timeout', message: 'Upstream connect timed out', committed: false };
+    case 'ECONNREFUSED':
+      return { code: 'upstream_connection_error', message: 'Upstream refused the connection', committed: false };
+    case 'ECONNRESET':
+    case 'UND_ERR_SOCKET':
+    case 'EPIPE':
+      return { code: 'upstream_connection_error', message: 'Upstream closed the connection', committed: false };
+    case 'ENOTFOUND':
+    case 'EAI_AGAIN':
+      return { code: 'upstream_connection_error', message: 'Upstream host could not be resolved', committed: false };
+    default:
+      return { code: 'upstream_connection_error', message: `Upstream request failed${code ? ` (${code.replace(/[^A-Z0-9_]/gi, '')})` : ''}`, committed: false };
+  }
+}
+
+/** The message inside an upstream error body (OpenAI `error.message`, or common variants). */
+function upstreamMessage(text: string, status: number): string {
+  const t = text.trim();
+  if (t.startsWith('{')) {
+    try {
+      const j = JSON.parse(t) as { error?: unknown; message?: unknown; detail?: unknown };
+      const e = j.error;
+      if (e && typeof e === 'object' && typeof (e as { message?: unknown }).message === 'string') return (e as { message: string }).message;
+      if (typeof e === 'string') return e;
+      if (typeof j.message === 'string') return j.message;
+      if (typeof j.detail === 'string') return j.detail;
+    } catch {
+      /* not JSON: use the text */
+    }
+  }
+  return t ? t.slice(0, 500) : `Upstream answered with status ${status}`;
+}
+
+/** The client's error body for a final upstream status: the upstream's if OpenAI-shaped, else wrapped. */
+function clientErrorBody(f: Failure, status: number): string {
+  const t = f.body?.trim() ?? '';
+  if (t.startsWith('{')) {
+    try {
+      const j = JSON.parse(t) as { error?: unknown };
+      if (j.error && typeof j.error === 'object' && !Array.isArray(j.error)) return t;
+    } catch {
+      /* wrapped below */
+    }
+  }
+  return relayErrorBody(f.message, `upstream_${status}`);
+}
+
+/** Reads at most `limit` bytes of an error body; the rest is discarded with the connection. */
+function readBounded(body: Readable, limit: number): Promise<string> {
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const done = () => {
+      body.off('data', onData);
+      body.off('end', done);
+      body.off('error', done);
+      resolve(Buffer.concat(chunks, Math.min(size, limit)).toString('utf8'));
+    };
+    const onData = (c: Buffer) => {
+      chunks.push(c);
+      size += c.length;
+      if (size >= limit) {
+        done();
+        body.destroy();
+      }
+    };
+    body.on('data', onData);
+    body.once('end', done);
+    body.once('error', done);
+  });
+}
+
+/** Index just past the last complete SSE event (after a blank line), or 0. */
+function sseBoundary(buf: Buffer): number {
+  for (let i = buf.length - 1; i > 0; i--) {
+    if (buf[i] !== 0x0a) continue;
+    const p = buf[i - 1];
+    if (p === 0x0a || (p === 0x0d && i > 1 && buf[i - 2] === 0x0a)) return i + 1;
+  }
+  return 0;
+}
+
+function callHook(o: Resolved, e: RelayUpstreamError): void {
+  if (!o.onUpstreamError) return;
+  try {
+    o.onUpstreamError(e);
+  } catch {
+    /* an observer never breaks a request */
+  }
+}
+
+/**
+ * Streams a 2xx/3xx upstream answer to the client. Resolves null when the response was sent (or
+ * ended visibly after the commit point), or a Failure when the upstream failed before any byte
+ * reached the client (the caller may retry).
+ */
+function pump(up: Dispatcher.ResponseData, res: Response, st: RunState, o: Resolved, req: Request, channelId: number, attempt: number): Promise<Failure | null> {
+  return new Promise((resolve) => {
+    const body = up.body;
+    const ct = up.headers['content-type'];
+    const sse = typeof ct === 'string' && ct.toLowerCase().startsWith('text/event-stream');
+    let committed = false;
+    let held: Buffer | undefined;
+    const commit = () => {
+      committed = true;
+      res.writeHead(up.statusCode, forwardResponseHeaders(up.headers));
+    };
+    const write = (chunk: Buffer) => {
+      if (!committed) commit();
+      if (!res.write(chunk)) {
+        body.pause();
+        res.once('drain', () => body.resume());
+      }
+    };
+    const onData = (chunk: Buffer) => {
+      if (!sse) {
+        write(chunk);
+        return;
+      }
+      // SSE: only whole events reach the client, so an error event never lands inside one
+      const buf = held ? Buffer.concat([held, chunk]) : chunk;
+      const cut = buf.length > SSE_HOLD_LIMIT ? buf.length : sseBoundary(buf);
+      held = cut < buf.length ? buf.subarray(cut) : undefined;
+      if (cut > 0) write(cut === buf.length ? buf : buf.subarray(0, cut));
+    };
+    const cleanup = () => {
+      body.off('data', onData);
+      body.off('end', onEnd);
+      body.off('error', onError);
+    };
+    const onEnd = () => {
+      cleanup();
+      if (!committed) commit();
+      if (held) res.end(held);
+      else res.end();
+      resolve(null);
+    };
+    const onError = (err: unknown) => {
+      cleanup();
+      body.on('error', () => {}); // late errors after destroy are not interesting
+      if (st.clientGone) {
+        resolve(null);
+        return;
+      }
+      const f = networkFailure(err);
+      if (!committed) {
+        resolve({ ...f, message: f.code === 'upstream_timeout' ? f.message : 'Upstream closed the stream before sending data' });
+        return;
+      }
+      const message = f.code === 'upstream_timeout' ? `${f.message}; the response is incomplete` : 'Upstream stream was interrupted; the response is incomplete';
+      callHook(o, { req, channelId, attempt, code: 'stream_interrupted', message, committed: true });
+      // The wire status is already sent; this marks the request failed for the distributor's
+      // finish watcher (health, pin clearing) and for access logs.
+      res.statusCode = 502;
+      if (sse && up.headers['content-length'] === undefined && res.writable && !res.destroyed) {
+        res.end(`event: error\ndata: ${relayErrorBody(message, 'stream_interrupted')}\n\n`);
+      } else {
+        res.destroy();
+      }
+      resolve(null);
+    };
+    body.on('data', onData);
+    body.once('end', onEnd);
+    body.once('error', onError);
+  });
+}
+
+/** One upstream attempt. Null when the client got its answer; a Failure otherwise. */
+async function attemptOnce(req: Request, res: Response, o: Resolved, st: RunState, channel: Channel, baseHeaders: RelayHeaders, out: OutBody, attempt: number): Promise<Failure | null> {
+  const base = upstreamBase(channel);
+  if (typeof base === 'string') return { code: 'upstream_connection_error', message: base, committed: false };
+  if (channel.key) baseHeaders.authorization = `Bearer ${channel.key}`;
+  else delete baseHeaders.authorization;
+  let headers = baseHeaders;
+  if (o.headers) {
+    headers = { ...baseHeaders };
+    headers = o.headers(headers, { req, channel, attempt }) ?? headers;
+  }
+  let path: string;
+  if (o.path) {
+    const p = o.path(req, channel);
+    path = base.basePath + (p.charCodeAt(0) === 0x2f ? p : `/${p}`);
+  } else {
+    path = upstreamPath(base, req.originalUrl ?? req.url);
+  }
+  let up: Dispatcher.ResponseData;
+  try {
+    up = await o.dispatcher.request({
+      origin: base.origin,
+      path,
+      method: req.method as Dispatcher.HttpMethod,
+      headers,
+      body: out.stream ?? out.data ?? null,
+      signal: st.signal,
+      headersTimeout: o.timeoutMs,
+      bodyTimeout: o.bodyTimeoutMs,
+    });
+  } catch (e) {
+    return networkFailure(e);
+  }
+  if (st.clientGone) {
+    up.body.destroy();
+    return null;
+  }
+  if (up.statusCode >= 400) {
+    const secrets = channel.key ? [channel.key, ...st.secrets] : st.secrets;
+    const text = scrub(await readBounded(up.body, o.errorBodyLimit), secrets);
+    const ra = up.headers['retry-after'];
+    return {
+      status: up.statusCode,
+      code: 'upstream_status',
+      message: upstreamMessage(text, up.statusCode),
+      retryAfterMs: parseRetryAfter(up.headers),
+      body: text,
+      retryAfter: typeof ra === 'string' ? ra : undefined,
+      committed: false,
+    };
+  }
+  return pump(up, res, st, o, req, channel.id, attempt);
+}
+
+/** The final answer after the last failed attempt. */
+function sendFailure(res: Response, f: Failure): void {
+  if (res.headersSent) {
+    res.destroy();
+    return;
+  }
+  let status: number;
+  let text: string;
+  if (f.status !== undefined) {
+    status = f.status;
+    text = clientErrorBody(f, f.status);
+    if (f.retryAfter) res.setHeader('retry-after', f.retryAfter);
+  } else {
+    status = f.code === 'upstream_timeout' ? 504 : 502;
+    text = relayErrorBody(f.message, f.code);
+  }
+  res.statusCode = status;
+  res.setHeader('content-type', 'application/json; charset=utf-8');
+  res.setHeader('content-length', Buffer.byteLength(text));
+  res.end(text);
+}
+
+async function relayRequest(req: Request, res: Response, o: Resolved): Promise<void> {
+  const dist: Distribution | undefined = res.locals.distribution;
+  let channel: Channel | undefined = res.locals.channel;
+  if (!channel || !dist || !dist.selected) {
+    res.statusCode = 500;
+    res.setHeader('content-type', 'application/json; charset=utf-8');
+    res.end(JSON.stringify({ error: { message: 'relay(): no channel was selected for this request (mount distributor() before relay())', type: 'relay_error', code: 'no_channel' } }));
+    return;
+  }
+  const ac = new AbortController();
+  const st: RunState = { clientGone: false, signal: ac.signal, secrets: callerSecrets(req.headers) };
+  const onClose = () => {
+    if (!res.writableFinished) {
+      st.clientGone = true;
+      ac.abort();
+    }
+  };
+  res.once('close', onClose);
+  const baseHeaders = forwardRequestHeaders(req.headers);
+  const out = outgoingBody(req, baseHeaders);
+  for (let attempt = 1; ; attempt++) {
+    const f = await attemptOnce(req, res, o, st, channel, baseHeaders, out, attempt);
+    if (!f || f.committed || st.clientGone) return;
+    callHook(o, { req, channelId: channel.id, attempt, status: f.status, code: f.code, message: f.message, retryAfterMs: f.retryAfterMs, committed: false });
+    // A streamed request body was consumed by the first attempt and cannot be replayed.
+    const next: Channel | null = out.stream ? null : await dist.retry({ status: f.status, error: f.message, retryAfterMs: f.retryAfterMs });
+    if (st.clientGone) return;
+    if (!next) {
+      sendFailure(res, f);
+      return;
+    }
+    channel = next;
+  }
+}
+
+/**
+ * Creates the relay handler. Mount it after `distributor()` on the routes it should forward:
+ *
+ * @example
+ * const forward = relay({ timeoutMs: 60_000 });
+ * app.use('/v1', auth, distributor({ channels }));
+ * app.post(['/v1/chat/completions', '/v1/responses'], forward);
+ */
+export function relay(options: RelayOptions = {}): RelayHandler {
+  const ownAgent = options.dispatcher
+    ? undefined
+    : new Agent({
+        keepAliveTimeout: 30_000,
+        keepAliveMaxTimeout: 600_000,
+        connect: { timeout: positive('connectTimeoutMs', options.connectTimeoutMs, 10_000) },
+      });
+  const o: Resolved = {
+    timeoutMs: positive('timeoutMs', options.timeoutMs, 120_000),
+    bodyTimeoutMs: positive('bodyTimeoutMs', options.bodyTimeoutMs, 120_000),
+    errorBodyLimit: positive('errorBodyLimit', options.errorBodyLimit, 65_536),
+    path: options.path,
+    headers: options.headers,
+    dispatcher: options.dispatcher ?? (ownAgent as Agent),
+    onUpstreamError: options.onUpstreamError,
+  };
+  const handler = function relayMiddleware(req: Request, res: Response, next: NextFunction): void {
+    relayRequest(req, res, o).catch((err: unknown) => {
+      if (res.headersSent) res.destroy();
+      else next(err);
+    });
+  } as RelayHandler;
+  Object.defineProperties(handler, {
+    dispatcher: { value: o.dispatcher, enumerable: true },
+    close: { value: async () => ownAgent?.close() },
+  });
+  return handler;
+}

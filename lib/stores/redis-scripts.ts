@@ -1,0 +1,95 @@
+// Lua scripts of the RedisStore: every read-then-write is one atomic script. Each script touches
+// the keys it declares, all in one hash slot (one pin key, or the `{health}`-tagged keys), so a
+// Redis Cluster runs them. Scripts run in RESP2 mode (no redis.setresp), so HGETALL inside Lua
+// is a flat array and every reply reaching the client is nil, an integer, a string or an array.
+import { createHash } from 'node:crypto';
+
+export interface LuaScript {
+  readonly name: string;
+  readonly source: string;
+  /** SHA1 of `source`, as SCRIPT LOAD answers it (computed here: no round trip to learn it). */
+  readonly sha: string;
+}
+
+function script(name: string, source: string): LuaScript {
+  // Leading whitespace removed so re-indenting this file does not change the SHA (rate-limit-redis).
+  const normalized = source.replace(/^\s+/gm, '').trim();
+  return { name, source: normalized, sha: createHash('sha1').update(normalized).digest('hex') };
+}
+
+/** KEYS[1] pin; ARGV[1] ttl ms. The pin value, refreshing its TTL when it exists. */
+export const GET_PIN = script('getPin', `
+  local v = redis.call('GET', KEYS[1])
+  if v then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+  return v
+`);
+
+/** KEYS[1] pin; ARGV[1] expected value. Deletes only if the pin still holds it; 1 if deleted. */
+export const CLEAR_PIN = script('clearPin', `
+  if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+  end
+  return 0
+`);
+
+/**
+ * KEYS[1] failures hash (id -> "count:since"), KEYS[2] cooldowns hash (id -> until ms).
+ * ARGV: id, now, failures, windowMs, until, events channel, cooldown event JSON.
+ * Counts a failure in the window that started at the first counted failure; at the threshold
+ * the count resets, the cooldown is written and published, and `until` is returned (else nil).
+ */
+export const RECORD_FAILURE = script('recordFailure', `
+  local id = ARGV[1]
+  local now = tonumber(ARGV[2])
+  local count = 0
+  local since = ARGV[2]
+  local rec = redis.call('HGET', KEYS[1], id)
+  if rec then
+    local c, s = string.match(rec, '^(%d+):(%d+)$')
+    if c and now - tonumber(s) <= tonumber(ARGV[4]) then
+      count = tonumber(c)
+      since = s
+    end
+  end
+  count = count + 1
+  if count < tonumber(ARGV[3]) then
+    redis.call('HSET', KEYS[1], id, count .. ':' .. since)
+    return false
+  end
+  redis.call('HDEL', KEYS[1], id)
+  redis.call('HSET', KEYS[2], id, ARGV[5])
+  redis.call('PUBLISH', ARGV[6], ARGV[7])
+  return ARGV[5]
+`);
+
+/** KEYS[1] failures, KEYS[2] cooldowns; ARGV: id, events channel, event JSON. */
+export const CLEAR_COOLDOWN = script('clearCooldown', `
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+  return 1
+`);
+
+/**
+ * KEYS[1] statuses hash, KEYS[2] disabled-keys hash.
+ * ARGV: id, status op ('set' | 'del' | ''), status value, keys op, keys value ("0,2"),
+ * events channel, status event JSON or '', keys event JSON or ''.
+ */
+export const SET_OVERRIDE = script('setOverride', `
+  local id = ARGV[1]
+  if ARGV[2] == 'set' then redis.call('HSET', KEYS[1], id, ARGV[3])
+  elseif ARGV[2] == 'del' then redis.call('HDEL', KEYS[1], id) end
+  if ARGV[4] == 'set' then redis.call('HSET', KEYS[2], id, ARGV[5])
+  elseif ARGV[4] == 'del' then redis.call('HDEL', KEYS[2], id) end
+  if ARGV[7] ~= '' then redis.call('PUBLISH', ARGV[6], ARGV[7]) end
+  if ARGV[8] ~= '' then redis.call('PUBLISH', ARGV[6], ARGV[8]) end
+  return 1
+`);
+
+/**
+ * KEYS[1] cooldowns, KEYS[2] statuses, KEYS[3] disabled keys. Read-only.
+ * Returns three flat field/value arrays (Lua tables, so arrays under RESP2 and RESP3 alike).
+ */
+export const LOAD_HEALTH = script('loadHealth', `
+  return { redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]), redis.call('HGETALL', KEYS[3]) }
+`);

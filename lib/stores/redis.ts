@@ -1,0 +1,483 @@
+// RedisStore: pins and channel health shared by every instance on one Redis (or Redis Cluster).
+// Raw commands through a user-supplied sender (no runtime Redis import), Lua for every
+// read-then-write, a timeout on every call and a short back-off after a failure.
+import { DistributorError } from '../errors';
+import { ChannelStatus } from '../types';
+import {
+  errorMessage, isNoScript, replyArray, replyInt, replyPairs, replyScan, replyText,
+} from './redis-reply';
+import {
+  CLEAR_COOLDOWN, CLEAR_PIN, GET_PIN, LOAD_HEALTH, RECORD_FAILURE, SET_OVERRIDE, type LuaScript,
+} from './redis-scripts';
+import type { CooldownPolicy, HealthSnapshot, Store, StoreEvent } from './store';
+
+/** Sends one raw command, e.g. `['SET', 'k', 'v', 'PX', '1000']`. */
+export type RedisSendCommand = (args: string[]) => Promise<unknown>;
+
+/** What a cluster sender gets: the key that routes the command, and the command itself. */
+export interface RedisClusterCommand {
+  /** The key the command touches (undefined for keyless commands). */
+  key: string | undefined;
+  isReadOnly: boolean;
+  command: string[];
+}
+
+/** Sends one raw command to the node owning `key` (node-redis: `cluster.sendCommand(key, isReadOnly, command)`). */
+export type RedisSendCommandCluster = (c: RedisClusterCommand) => Promise<unknown>;
+
+/** The part of a node-redis (v5+) client the store uses. */
+export interface RedisCommandClient {
+  sendCommand(args: string[]): Promise<unknown>;
+}
+
+/** The part of a node-redis (v5+) client or cluster in subscribe mode the store uses. */
+export interface RedisPubSubClient {
+  subscribe(channel: string, listener: RedisMessageListener): Promise<unknown>;
+  unsubscribe(channel: string, listener?: RedisMessageListener): Promise<unknown>;
+}
+
+/** A pub/sub listener (strings normally; Buffers when a client is in buffer mode). */
+export type RedisMessageListener = (message: string | Buffer, channel: string | Buffer) => void;
+
+/**
+ * Subscribes `onMessage` to `channel` and returns the function that unsubscribes it (ioredis and
+ * other clients: see docs/redis.md).
+ */
+export type RedisSubscribeFunction = (channel: string, onMessage: (message: string | Buffer) => void) => () => unknown;
+
+/** A master node for SCAN: a raw sender or a node-redis client. */
+export type RedisScanNode = RedisSendCommand | RedisCommandClient;
+
+interface RedisStoreCommonOptions {
+  /** Prefix of every key (and of the events channel). Default `'ecd:'`. */
+  prefix?: string;
+  /** Longest wait for any one store operation, in ms. Default 200. */
+  timeoutMs?: number;
+  /** After an error or timeout, calls fail fast for this many ms before Redis is tried again. Default 1000. */
+  backoffMs?: number;
+  /**
+   * Pushes health changes between instances (otherwise they arrive by polling only, within the
+   * distributor's `syncIntervalMs`). A separate connected node-redis client or cluster used only
+   * for pub/sub (`client.duplicate()`), or a `(channel, onMessage) => unsubscribe` function.
+   */
+  subscriber?: RedisPubSubClient | RedisSubscribeFunction;
+  /**
+   * Master nodes that `clearPins` / `countPins` SCAN. Default: the one connection the store has.
+   * Required with `sendCommandCluster` and with an ioredis Cluster (SCAN would see one node only).
+   */
+  masters?: () => Iterable<RedisScanNode> | Promise<Iterable<RedisScanNode>>;
+  /** Told about background failures (a subscription that could not start). Default: ignored. */
+  onError?: (error: Error, operation: string) => void;
+}
+
+/** Options of `RedisStore`: exactly one of `client`, `sendCommand` or `sendCommandCluster`. */
+export type RedisStoreOptions = RedisStoreCommonOptions & (
+  | { /** A connected node-redis v5+ client. */ client: RedisCommandClient; sendCommand?: undefined; sendCommandCluster?: undefined }
+  | { /** `(args) => ioredis.call(args[0], ...args.slice(1))` */ sendCommand: RedisSendCommand; client?: undefined; sendCommandCluster?: undefined }
+  | { /** `({ key, isReadOnly, command }) => cluster.sendCommand(key, isReadOnly, command)` */ sendCommandCluster: RedisSendCommandCluster; client?: undefined; sendCommand?: undefined }
+);
+
+/** A store call refused or abandoned: it timed out, or the store is in its back-off window. */
+export class RedisStoreUnavailableError extends Error {
+  readonly code = 'ERR_STORE_UNAVAILABLE';
+  constructor(message: string, readonly reason: 'timeout' | 'backoff') {
+    super(message);
+    this.name = 'RedisStoreUnavailableError';
+  }
+}
+
+type Sender = (command: string[], key: string | undefined, isReadOnly: boolean) => Promise<unknown>;
+
+const STATUSES = new Set<number>([ChannelStatus.Enabled, ChannelStatus.ManuallyDisabled, ChannelStatus.AutoDisabled]);
+
+function invalid(message: string): DistributorError {
+  return new DistributorError('ERR_DIST_INVALID_STORE', `RedisStore: ${message}`);
+}
+
+function positiveNumber(name: string, v: unknown, def: number, allowZero = false): number {
+  if (v === undefined) return def;
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < 0 || (!allowZero && v === 0)) {
+    throw invalid(`${name} must be a ${allowZero ? 'non-negative' : 'positive'} number of milliseconds`);
+  }
+  return v;
+}
+
+/** Escapes Redis glob characters so a prefix or rule name matches literally in SCAN MATCH. */
+function globEscape(s: string): string {
+  return s.replace(/[*?[\]\\]/g, (c) => `\\${c}`);
+}
+
+function toSender(n: RedisScanNode): RedisSendCommand {
+  return typeof n === 'function' ? n : (args) => n.sendCommand(args);
+}
+
+/**
+ * Pins and channel health in Redis, shared by every distributor instance using the same prefix.
+ * Every command touches keys of one hash slot, so a Redis Cluster works. See docs/redis.md.
+ *
+ * @example
+ * const client = await createClient({ url }).on('error', console.error).connect();
+ * const subscriber = await client.duplicate().on('error', console.error).connect();
+ * app.use(distributor({ channels, store: new RedisStore({ client, subscriber }) }));
+ */
+export class RedisStore implements Store {
+  readonly localKeys = false;
+  readonly prefix: string;
+  readonly timeoutMs: number;
+  readonly backoffMs: number;
+  /** Present only when a `subscriber` was given; the distributor then also keeps polling. */
+  readonly subscribe?: (listener: (event: StoreEvent) => void) => () => void;
+
+  private readonly send: Sender;
+  private readonly scanNodes: () => Promise<RedisSendCommand[]>;
+  private readonly channel: string;
+  private readonly health: { fail: string; cool: string; status: string; keys: string };
+  private readonly onError?: (error: Error, operation: string) => void;
+  /** Epoch ms until which calls fail fast; 0 while Redis is healthy. */
+  private openUntil = 0;
+  private probing = false;
+  private reloading = new Map<string, Promise<unknown>>();
+  private listeners = new Set<(event: StoreEvent) => void>();
+  private stopSubscription?: () => unknown;
+
+  constructor(options: RedisStoreOptions) {
+    if (!options || typeof options !== 'object') throw invalid('options are required ({ client } | { sendCommand } | { sendCommandCluster })');
+    const given = (['client', 'sendCommand', 'sendCommandCluster'] as const).filter((k) => options[k] !== undefined && options[k] !== null);
+    if (given.length !== 1) {
+      throw invalid(`pass exactly one of client, sendCommand or sendCommandCluster (got ${given.length ? given.join(', ') : 'none'})`);
+    }
+    const prefix = options.prefix ?? 'ecd:';
+    if (typeof prefix !== 'string') throw invalid('prefix must be a string');
+    this.prefix = prefix;
+    this.timeoutMs = positiveNumber('timeoutMs', options.timeoutMs, 200);
+    this.backoffMs = positiveNumber('backoffMs', options.backoffMs, 1000, true);
+    this.onError = options.onError;
+
+    const { client, sendCommand, sendCommandCluster, masters } = options;
+    if (client) {
+      if (typeof client.sendCommand !== 'function') throw invalid('client must be a connected node-redis v5+ client (it has no sendCommand)');
+      this.send = (command) => client.sendCommand(command);
+    } else if (sendCommand) {
+      if (typeof sendCommand !== 'function') throw invalid('sendCommand must be a function');
+      this.send = (command) => sendCommand(command);
+    } else {
+      if (typeof sendCommandCluster !== 'function') throw invalid('sendCommandCluster must be a function');
+      this.send = (command, key, isReadOnly) => sendCommandCluster({ key, isReadOnly, command });
+    }
+    if (masters !== undefined && typeof masters !== 'function') throw invalid('masters must be a function returning the master nodes');
+    this.scanNodes = masters
+      ? async () => [...(await masters())].map(toSender)
+      : sendCommandCluster
+        ? () => Promise.reject(invalid('clearPins and countPins on a cluster need the masters option (SCAN runs on every master)'))
+        : async () => [(command: string[]) => this.send(command, undefined, true)];
+
+    this.channel = `${prefix}events`;
+    const h = `${prefix}{health}:`;
+    this.health = { fail: `${h}fail`, cool: `${h}cool`, status: `${h}status`, keys: `${h}keys` };
+
+    const { subscriber } = options;
+    if (subscriber !== undefined && subscriber !== null) {
+      if (typeof subscriber !== 'function' && (typeof subscriber !== 'object' || typeof subscriber.subscribe !== 'function')) {
+        throw invalid('subscriber must be a node-redis client in subscribe mode or a (channel, onMessage) => unsubscribe function');
+      }
+      this.subscribe = (listener) => this.addListener(subscriber, listener);
+    }
+  }
+
+  // ---- pins (each touches one key) ------------------------------------------------------------
+
+  async getPin(key: string, refreshTtlMs?: number): Promise<number | null> {
+    const k = this.prefix + key;
+    const reply = await this.guarded('getPin', () =>
+      refreshTtlMs !== undefined && refreshTtlMs > 0 && Number.isFinite(refreshTtlMs)
+        ? this.evalScript(GET_PIN, [k], [String(Math.ceil(refreshTtlMs))])
+        : this.send(['GET', k], k, true));
+    return replyInt(reply);
+  }
+
+  async setPin(key: string, channelId: number, ttlMs: number): Promise<void> {
+    const k = this.prefix + key;
+    const cmd = ['SET', k, String(channelId)];
+    if (ttlMs > 0 && Number.isFinite(ttlMs)) cmd.push('PX', String(Math.ceil(ttlMs)));
+    await this.guarded('setPin', () => this.send(cmd, k, false));
+  }
+
+  async clearPin(key: string, expectedChannelId: number): Promise<boolean> {
+    const k = this.prefix + key;
+    const reply = await this.guarded('clearPin', () => this.evalScript(CLEAR_PIN, [k], [String(expectedChannelId)]));
+    return replyInt(reply) === 1;
+  }
+
+  // ---- health (hash-tagged keys, one slot) -----------------------------------------------------
+
+  async recordFailure(channelId: number, policy: CooldownPolicy, now: number): Promise<number | null> {
+    const t = Math.floor(now);
+    const until = t + Math.ceil(policy.durationMs);
+    const event: StoreEvent = { type: 'cooldown', channelId, until };
+    const reply = await this.guarded('recordFailure', () => this.evalScript(
+      RECORD_FAILURE,
+      [this.health.fail, this.health.cool],
+      [String(channelId), String(t), String(policy.failures), String(policy.windowMs), String(until), this.channel, JSON.stringify(event)],
+    ));
+    return replyInt(reply);
+  }
+
+  async clearCooldown(channelId: number): Promise<void> {
+    const event: StoreEvent = { type: 'cooldown', channelId, until: 0 };
+    await this.guarded('clearCooldown', () => this.evalScript(
+      CLEAR_COOLDOWN, [this.health.fail, this.health.cool], [String(channelId), this.channel, JSON.stringify(event)],
+    ));
+  }
+
+  async setOverride(channelId: number, patch: { status?: ChannelStatus | null; disabledKeys?: number[] }): Promise<void> {
+    const args = [String(channelId), '', '', '', '', this.channel, '', ''];
+    if (patch.status !== undefined) {
+      args[1] = patch.status === null ? 'del' : 'set';
+      args[2] = patch.status === null ? '' : String(patch.status);
+      args[6] = JSON.stringify({ type: 'status', channelId, status: patch.status } satisfies StoreEvent);
+    }
+    if (patch.disabledKeys !== undefined) {
+      const list = [...patch.disabledKeys];
+      args[3] = list.length ? 'set' : 'del';
+      args[4] = list.join(',');
+      args[7] = JSON.stringify({ type: 'keys', channelId, disabledKeys: list } satisfies StoreEvent);
+    }
+    if (!args[1] && !args[3]) return;
+    await this.guarded('setOverride', () => this.evalScript(SET_OVERRIDE, [this.health.status, this.health.keys], args));
+  }
+
+  async loadHealth(): Promise<HealthSnapshot> {
+    const reply = await this.guarded('loadHealth', () =>
+      this.evalScript(LOAD_HEALTH, [this.health.cool, this.health.status, this.health.keys], []));
+    const [cool, status, keys] = replyArray(reply);
+    const now = Date.now();
+    const snap: HealthSnapshot = { cooldowns: {}, statuses: {}, disabledKeys: {} };
+    for (const [id, v] of replyPairs(cool)) {
+      const until = Number(v);
+      if (Number.isFinite(until) && until > now) snap.cooldowns[Number(id)] = until;
+    }
+    for (const [id, v] of replyPairs(status)) {
+      const s = Number(v);
+      if (STATUSES.has(s)) snap.statuses[Number(id)] = s as ChannelStatus;
+    }
+    for (const [id, v] of replyPairs(keys)) {
+      const list = v.split(',').filter(Boolean).map(Number).filter(Number.isInteger);
+      if (list.length) snap.disabledKeys[Number(id)] = list;
+    }
+    return snap;
+  }
+
+  // ---- admin (SCAN every master; never in the request path) -----------------------------------
+
+  async clearPins(rule?: string): Promise<number> {
+    const pattern = `${globEscape(this.prefix)}aff:${rule === undefined ? '' : `${globEscape(rule)}:`}*`;
+    let deleted = 0;
+    await this.scan(pattern, async (keys, node) => {
+      // One DEL per key: keys of one SCAN page may sit in different slots of a cluster node.
+      const replies = await this.guarded('clearPins', () => Promise.all(keys.map((k) => node(['DEL', k]))));
+      for (const r of replies) deleted += replyInt(r) ?? 0;
+    });
+    return deleted;
+  }
+
+  async countPins(): Promise<Record<string, number>> {
+    const out: Record<string, number> = {};
+    const from = this.prefix.length + 'aff:'.length;
+    await this.scan(`${globEscape(this.prefix)}aff:*`, async (keys) => {
+      for (const k of keys) {
+        const part = k.slice(from, k.indexOf(':', from) === -1 ? undefined : k.indexOf(':', from));
+        let name = part;
+        if (part !== '_') {
+          try {
+            name = decodeURIComponent(part);
+          } catch {
+            name = part;
+          }
+        }
+        out[name] = (out[name] ?? 0) + 1;
+      }
+    });
+    return out;
+  }
+
+  /** Ends the subscription this store started; never closes a client you passed in. */
+  shutdown(): void {
+    this.listeners.clear();
+    this.unsubscribeChannel();
+  }
+
+  // ---- internals ------------------------------------------------------------------------------
+
+  /**
+   * Runs one store operation under the timeout, failing fast during the back-off window. After
+   * the window one call (the probe) goes to Redis while the others still fail fast; its success
+   * ends the back-off, its failure starts a new window. So an outage costs one timeout per window.
+   */
+  private async guarded<T>(operation: string, call: () => Promise<T>): Promise<T> {
+    let probe = false;
+    if (this.openUntil !== 0) {
+      if (Date.now() < this.openUntil || this.probing) {
+        throw new RedisStoreUnavailableError(`RedisStore: ${operation} skipped during the back-off after a Redis failure`, 'backoff');
+      }
+      this.probing = probe = true;
+    }
+    try {
+      const value = await this.withTimeout(operation, call);
+      if (probe) this.openUntil = 0;
+      return value;
+    } catch (e) {
+      if (this.backoffMs > 0) this.openUntil = Date.now() + this.backoffMs;
+      throw e;
+    } finally {
+      if (probe) this.probing = false;
+    }
+  }
+
+  private withTimeout<T>(operation: string, call: () => Promise<T>): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      const timer = setTimeout(
+        () => reject(new RedisStoreUnavailableError(`RedisStore: ${operation} timed out after ${this.timeoutMs} ms`, 'timeout')),
+        this.timeoutMs,
+      );
+      let p: Promise<T>;
+      try {
+        p = Promise.resolve(call());
+      } catch (e) {
+        p = Promise.reject(e);
+      }
+      // A late reply after the timeout is dropped here (so it is never an unhandled rejection).
+      p.then(
+        (v) => {
+          clearTimeout(timer);
+          resolve(v);
+        },
+        (e: unknown) => {
+          clearTimeout(timer);
+          reject(e instanceof Error ? e : new Error(errorMessage(e)));
+        },
+      );
+    });
+  }
+
+  /** EVALSHA; on NOSCRIPT (a restarted server, another cluster node) SCRIPT LOAD there and retry once. */
+  private async evalScript(s: LuaScript, keys: string[], args: string[]): Promise<unknown> {
+    const route = keys[0];
+    const cmd = ['EVALSHA', s.sha, String(keys.length), ...keys, ...args];
+    try {
+      return await this.send(cmd, route, false);
+    } catch (e) {
+      if (!isNoScript(e)) throw e;
+    }
+    await this.loadScript(s, route);
+    return this.send(cmd, route, false);
+  }
+
+  /** One SCRIPT LOAD in flight per script and node route, shared by concurrent callers. */
+  private loadScript(s: LuaScript, route: string | undefined): Promise<unknown> {
+    const id = `${s.sha}\u0000${route ?? ''}`;
+    let p = this.reloading.get(id);
+    if (!p) {
+      p = this.send(['SCRIPT', 'LOAD', s.source], route, false).then((sha) => {
+        if (replyText(sha) !== s.sha) throw new Error(`RedisStore: SCRIPT LOAD of ${s.name} answered an unexpected SHA`);
+      }).finally(() => this.reloading.delete(id));
+      this.reloading.set(id, p);
+    }
+    return p;
+  }
+
+  private async scan(pattern: string, onPage: (keys: string[], node: RedisSendCommand) => Promise<void>): Promise<void> {
+    const nodes = await this.scanNodes();
+    for (const node of nodes) {
+      let cursor = '0';
+      do {
+        const page = replyScan(await this.guarded('scan', () => node(['SCAN', cursor, 'MATCH', pattern, 'COUNT', '1000'])));
+        cursor = page.cursor;
+        if (page.keys.length) await onPage(page.keys, node);
+      } while (cursor !== '0');
+    }
+  }
+
+  private addListener(subscriber: RedisPubSubClient | RedisSubscribeFunction, listener: (event: StoreEvent) => void): () => void {
+    this.listeners.add(listener);
+    if (!this.stopSubscription) this.subscribeChannel(subscriber);
+    return () => {
+      this.listeners.delete(listener);
+      if (this.listeners.size === 0) this.unsubscribeChannel();
+    };
+  }
+
+  private subscribeChannel(subscriber: RedisPubSubClient | RedisSubscribeFunction): void {
+    const onMessage = (message: string | Buffer) => this.dispatch(message);
+    if (typeof subscriber === 'function') {
+      const stop = subscriber(this.channel, onMessage);
+      this.stopSubscription = () => this.background('unsubscribe', () => stop());
+      return;
+    }
+    const listener: RedisMessageListener = (message) => onMessage(message);
+    this.background('subscribe', () => subscriber.subscribe(this.channel, listener));
+    this.stopSubscription = () => this.background('unsubscribe', () => subscriber.unsubscribe(this.channel, listener));
+  }
+
+  private unsubscribeChannel(): void {
+    const stop = this.stopSubscription;
+    this.stopSubscription = undefined;
+    stop?.();
+  }
+
+  /** Runs a call whose failure only matters to `onError` (the polling backstop covers it). */
+  private background(operation: string, call: () => unknown): void {
+    const report = (e: unknown) => this.onError?.(e instanceof Error ? e : new Error(errorMessage(e)), operation);
+    try {
+      const r = call();
+      if (r && typeof (r as Promise<unknown>).then === 'function') (r as Promise<unknown>).then(undefined, report);
+    } catch (e) {
+      report(e);
+    }
+  }
+
+  private dispatch(message: string | Buffer): void {
+    const event = parseEvent(message);
+    if (!event) return;
+    for (const l of [...this.listeners]) {
+      try {
+        l(event);
+      } catch (e) {
+        this.onError?.(e instanceof Error ? e : new Error(errorMessage(e)), 'listener');
+      }
+    }
+  }
+}
+
+/** A published event, validated (messages on the channel are not trusted blindly). */
+export function parseEvent(message: unknown): StoreEvent | null {
+  let text: string | null;
+  try {
+    text = replyText(message);
+  } catch {
+    return null;
+  }
+  if (text === null) return null;
+  let v: unknown;
+  try {
+    v = JSON.parse(text);
+  } catch {
+    return null;
+  }
+  if (!v || typeof v !== 'object') return null;
+  const e = v as Record<string, unknown>;
+  const channelId = e.channelId;
+  if (typeof channelId !== 'number' || !Number.isInteger(channelId)) return null;
+  switch (e.type) {
+    case 'cooldown':
+      return typeof e.until === 'number' && Number.isFinite(e.until) ? { type: 'cooldown', channelId, until: e.until } : null;
+    case 'status':
+      if (e.status === null) return { type: 'status', channelId, status: null };
+      return typeof e.status === 'number' && STATUSES.has(e.status) ? { type: 'status', channelId, status: e.status as ChannelStatus } : null;
+    case 'keys':
+      return Array.isArray(e.disabledKeys) && e.disabledKeys.every((k) => Number.isInteger(k))
+        ? { type: 'keys', channelId, disabledKeys: e.disabledKeys as number[] }
+        : null;
+    default:
+      return null;
+  }
+}
