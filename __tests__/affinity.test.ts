@@ -6,7 +6,7 @@
 // - skipRetryOnFailure applies only when the pin was used (so S30's failure on B IS retried);
 // - there is no admin log: the decision is in res.locals.distribution.affinity;
 // - clearOnFailure (default true) clears a pin whose channel failed with a retryable status.
-import { afterAll, describe, expect, test } from '@jest/globals';
+import { afterAll, describe, expect, jest, test } from '@jest/globals';
 import type { NextFunction, Request, Response } from 'express';
 import request from 'supertest';
 import {
@@ -550,6 +550,28 @@ describe('keys: hashed, caller-scoped', () => {
   });
 });
 
+describe('hooks observe affinity decisions without the raw value', () => {
+  test('affinityMiss, affinityHit, affinityStale carry rule, channel, reason and a fingerprint, never the value', async () => {
+    const events: Array<[string, Record<string, unknown>]> = [];
+    const rec = (name: string) => (e: object) => {
+      const { req: _req, channel: _ch, ...rest } = e as Record<string, unknown>;
+      events.push([name, rest]);
+    };
+    const raw = 'RAW-HOOK-VALUE-777';
+    const e = env({ on: { affinityMiss: rec('miss'), affinityHit: rec('hit'), affinityStale: rec('stale'), select: rec('select') } });
+    await codex(e, raw, { pick: A });
+    await codex(e, raw, { pick: C });
+    e.reg.setStatus(A, ChannelStatus.ManuallyDisabled);
+    await codex(e, raw, { pick: A });
+    const names = events.map(([n]) => n);
+    expect(names).toEqual(['miss', 'select', 'hit', 'select', 'stale', 'select']);
+    expect(events[2][1]).toMatchObject({ rule: 'codex cli trace', channelId: A, fingerprint: expect.any(String) });
+    expect(events[4][1]).toMatchObject({ rule: 'codex cli trace', channelId: A, reason: 'disabled', cleared: true });
+    expect(events[3][1]).toMatchObject({ reason: 'affinity' });
+    expect(JSON.stringify(events)).not.toContain(raw);
+  });
+});
+
 describe('TTL', () => {
   test('setPin gets ttlSeconds, else defaultTtlSeconds (ttlSeconds <= 0 means default)', async () => {
     const e1 = env({ affinity: { rules: [noSkipCodex({ ttlSeconds: 42 })] } });
@@ -566,17 +588,33 @@ describe('TTL', () => {
     expect(e3.store.of('getPin')[1][1]).toBe(77_000);
   });
 
-  test('a pin expires after its TTL and is refreshed by each use (sliding), in real time', async () => {
-    const e = env({ affinity: { rules: [noSkipCodex({ ttlSeconds: 1 })] } });
-    await codex(e, 'Kexp', { pick: A });
-    await new Promise((r) => setTimeout(r, 600));
-    expect((await codex(e, 'Kexp', { pick: C })).body.channel.id).toBe(A);
-    await new Promise((r) => setTimeout(r, 600)); // 1.2 s after creation, 0.6 s after the refresh
-    expect((await codex(e, 'Kexp', { pick: C })).body.channel.id).toBe(A);
-    await new Promise((r) => setTimeout(r, 1400));
-    const r = await codex(e, 'Kexp', { pick: C });
+  test('a pin expires after its TTL and is refreshed by each use (sliding); only Date is faked', async () => {
+    // timers, ticks and I/O stay real (supertest needs them); the clock the store reads is ours
+    jest.useFakeTimers({ doNotFake: ['hrtime', 'nextTick', 'performance', 'queueMicrotask', 'requestAnimationFrame', 'cancelAnimationFrame', 'requestIdleCallback', 'cancelIdleCallback', 'setImmediate', 'clearImmediate', 'setInterval', 'clearInterval', 'setTimeout', 'clearTimeout'] });
+    try {
+      const t0 = Date.now();
+      const e = env({ affinity: { rules: [noSkipCodex({ ttlSeconds: 10 })] } });
+      await codex(e, 'Kexp', { pick: A });
+      jest.setSystemTime(t0 + 6_000);
+      expect((await codex(e, 'Kexp', { pick: C })).body.channel.id).toBe(A);
+      jest.setSystemTime(t0 + 12_000); // past the first TTL, within the refreshed one
+      expect((await codex(e, 'Kexp', { pick: C })).body.channel.id).toBe(A);
+      jest.setSystemTime(t0 + 22_500); // 10.5 s after the last use
+      const r = await codex(e, 'Kexp', { pick: C });
+      expect(r.body.distribution.affinity).toMatchObject({ hit: false });
+      expect(r.body.channel.id).toBe(C);
+    } finally {
+      jest.useRealTimers();
+    }
+  });
+
+  test('a pin expires in real time with a small TTL', async () => {
+    const e = env({ affinity: { rules: [noSkipCodex({ ttlSeconds: 0.5 })] } });
+    await codex(e, 'Kreal', { pick: A });
+    expect((await codex(e, 'Kreal', { pick: C })).body.channel.id).toBe(A);
+    await new Promise((r) => setTimeout(r, 1200));
+    const r = await codex(e, 'Kreal', { pick: C });
     expect(r.body.distribution.affinity).toMatchObject({ hit: false });
-    expect(r.body.channel.id).toBe(C);
   });
 });
 
@@ -679,7 +717,7 @@ describe('affinityFromNewApi: the reference channel_affinity_setting JSON, paste
     expect(r.body.distribution.affinity).toMatchObject({ rule: 'ci' });
   });
 
-  test.each([['(?s)^gpt.*$'], ['^[[:alpha:]]+$'], ['\\Qgpt-4.1\\E'], ['^gpt(?i)-x']])('an unconvertible Go regex %s -> ERR_DIST_INVALID_OPTIONS naming rule and pattern', (pattern) => {
+  test.each([['(?s)^gpt.*$'], ['^[[:alpha:]]+$'], ['^[^[:space:]]+$'], ['^[a[:digit:]]+$'], ['\\Qgpt-4.1\\E'], ['^gpt(?i)-x'], ['^\\pL+$'], ['^\\p{Greek}'], ['\\PN']])('an unconvertible Go regex %s -> ERR_DIST_INVALID_OPTIONS naming rule and pattern', (pattern) => {
     let err: unknown;
     try {
       affinityFromNewApi({ rules: [{ name: 'go only rule', model_regex: [pattern], key_sources: [{ type: 'request_header', key: 'x' }] }] });

@@ -18,6 +18,10 @@ const ch = (id: number, priority = 0, extra: Partial<ChannelInput> = {}): Channe
   id, models: 'gpt-4o', priority, key: `sk-key-${id}`, ...extra,
 });
 
+/** Short real durations (no fake timers: they can hang supertest); long enough for a slow shared machine. */
+const COOL_MS = 400;
+const WINDOW_MS = 300;
+
 type Opts = Partial<DistributorOptions> & Pick<DistributorOptions, 'channels'>;
 
 function build(options: Opts, relay: RelayOptions = {}) {
@@ -60,10 +64,10 @@ describe('cooldown', () => {
   });
 
   test('failures older than windowMs do not add up', async () => {
-    const { post, up, mw } = build({ channels: [ch(1, 10), ch(2, 5)], health: { cooldown: { failures: 2, windowMs: 100, durationMs: 60_000 } } });
+    const { post, up, mw } = build({ channels: [ch(1, 10), ch(2, 5)], health: { cooldown: { failures: 2, windowMs: WINDOW_MS, durationMs: 60_000 } } });
     up.always(1, 503);
     await post().expect(200);
-    await sleep(150);
+    await sleep(WINDOW_MS + 60);
     await post().expect(200);
     await settle();
     expect(mw.isCoolingDown(1)).toBe(false);
@@ -73,25 +77,25 @@ describe('cooldown', () => {
   });
 
   test('a cooling channel comes back by itself after durationMs', async () => {
-    const { post, up, mw } = build({ channels: [ch(1, 10), ch(2, 5)], health: { cooldown: { failures: 1, durationMs: 150 } } });
+    const { post, up, mw } = build({ channels: [ch(1, 10), ch(2, 5)], health: { cooldown: { failures: 1, durationMs: COOL_MS } } });
     up.plan(1, 500);
     await post().expect(200);
     await settle();
     expect(mw.isCoolingDown(1)).toBe(true);
     expect((await post().expect(200)).body.upstream).toEqual([2]);
-    await sleep(200);
+    await sleep(COOL_MS + 60);
     expect(mw.isCoolingDown(1)).toBe(false);
     expect((await post().expect(200)).body.upstream).toEqual([1]);
   });
 
   test('when every channel is cooling the request gets 503 model_not_found, until the cooldown ends', async () => {
-    const { post, up } = build({ channels: [ch(1)], health: { cooldown: { failures: 1, durationMs: 150 } } });
+    const { post, up } = build({ channels: [ch(1)], health: { cooldown: { failures: 1, durationMs: COOL_MS } } });
     up.plan(1, 500);
     await post().expect(500);
     await settle();
     const r = await post().expect(503);
     expect(r.body.error.code).toBe('model_not_found');
-    await sleep(200);
+    await sleep(COOL_MS + 60);
     await post().expect(200);
   });
 
@@ -112,7 +116,7 @@ describe('cooldown', () => {
     const { post, up } = build({
       channels: [ch(1, 10), ch(2, 5)],
       affinity: { rules: [cooldownRule] },
-      health: { cooldown: { failures: 1, durationMs: 150 } },
+      health: { cooldown: { failures: 1, durationMs: COOL_MS } },
     });
     const s = { 'x-session': 'S' };
     expect((await post(s).expect(200)).body.channel).toBe(1); // S -> 1
@@ -123,7 +127,7 @@ describe('cooldown', () => {
     let r = await post(s).expect(200);
     expect(r.body.affinity).toMatchObject({ hit: true, used: false, stale: 'cooling', cleared: true });
     expect(r.body.upstream).toEqual([2]);
-    await sleep(200);
+    await sleep(COOL_MS + 60);
     await settle();
     r = await post(s).expect(200);
     expect(r.body.affinity).toMatchObject({ hit: true, used: true });
@@ -134,7 +138,7 @@ describe('cooldown', () => {
     const { post, up } = build({
       channels: [ch(1, 10), ch(2, 5)],
       affinity: { rules: [cooldownRule], keepOnChannelDisabled: true, switchOnSuccess: false },
-      health: { cooldown: { failures: 1, durationMs: 150 } },
+      health: { cooldown: { failures: 1, durationMs: COOL_MS } },
     });
     const s = { 'x-session': 'S' };
     await post(s).expect(200);
@@ -144,7 +148,7 @@ describe('cooldown', () => {
     await settle();
     let r = await post(s).expect(200);
     expect(r.body.affinity).toMatchObject({ hit: true, used: false, stale: 'cooling', cleared: false });
-    await sleep(200);
+    await sleep(COOL_MS + 60);
     r = await post(s).expect(200);
     expect(r.body.affinity).toMatchObject({ hit: true, used: true });
     expect(r.body.channel).toBe(1);
@@ -462,6 +466,14 @@ describe('health shared by distributors on one MemoryStore', () => {
     await settle();
     expect(b.registry.get(2)!.status).toBe(ChannelStatus.Enabled);
     expect((await b.post().expect(200)).body.upstream).toEqual([2]);
+    // re-enabling the multi-key channel on b brings its keys back on both instances
+    b.registry.setStatus(1, ChannelStatus.Enabled);
+    await settle();
+    for (const x of [a, b]) {
+      expect(x.registry.get(1)!.status).toBe(ChannelStatus.Enabled);
+      expect(x.registry.get(1)!.disabledKeys.size).toBe(0);
+    }
+    expect((await a.post().expect(200)).body).toMatchObject({ upstream: [1], keyIndex: 0 });
   });
 
   test('a distributor created later picks up the shared overrides and cooldowns', async () => {

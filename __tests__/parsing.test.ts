@@ -228,6 +228,23 @@ describe('body reading: bodyLimit, express.json() before, parsers after', () => 
     expectError(r.body, 'invalid_request', 'field model must be a string');
   });
 
+  test('express.raw() / express.text() mounted before: the model is read from the Buffer / string, req.body is left as is', async () => {
+    const raw = app({}, { before: (a) => a.use(express.raw({ type: '*/*' })) });
+    const payload = JSON.stringify({ model: 'gpt-4o', stream: true });
+    const r = await request(raw.app).post('/v1/chat/completions').set('content-type', 'application/json').send(payload).expect(200);
+    expect(r.body.distribution.model).toBe('gpt-4o');
+    expect(r.body.body).toEqual({ type: 'Buffer', data: [...Buffer.from(payload)] });
+    expect(r.body.rawBodyLength).toBeNull();
+    const bad = await request(raw.app).post('/v1/chat/completions').set('content-type', 'application/json').send('{bad').expect(400);
+    expectError(bad.body, 'invalid_request', 'invalid JSON request body');
+    const form = await request(raw.app).post('/v1/chat/completions').type('form').send('model=gpt-4o').expect(200);
+    expect(form.body.distribution.model).toBe('gpt-4o');
+    const text = app({}, { before: (a) => a.use(express.text({ type: 'application/json' })) });
+    const t = await request(text.app).post('/v1/chat/completions').set('content-type', 'application/json').send(payload).expect(200);
+    expect(t.body.distribution.model).toBe('gpt-4o');
+    expect(t.body.body).toBe(payload);
+  });
+
   test('a parser mounted AFTER the distributor skips the body (marked read) and keeps req.body', async () => {
     const a = express();
     a.use(mw());
@@ -237,7 +254,7 @@ describe('body reading: bodyLimit, express.json() before, parsers after', () => 
     });
     a.use(express.json());
     a.use(express.urlencoded({ extended: false }));
-    a.post('/{*rest}', (req: Request, res: Response) => {
+    a.post(/.*/, (req: Request, res: Response) => {
       res.json({
         same: req.body === res.locals.bodyBefore,
         marked: (req as unknown as { _body?: boolean })._body === true,
@@ -263,7 +280,7 @@ describe('form and multipart bodies', () => {
   test('multipart without options.multipart is not consumed: a later consumer gets the whole stream', async () => {
     const a = express();
     a.use(mw());
-    a.post('/{*rest}', (req: Request, res: Response) => {
+    a.post(/.*/, (req: Request, res: Response) => {
       let n = 0;
       req.on('data', (c: Buffer) => (n += c.length));
       req.on('end', () => res.json({ streamed: n, model: res.locals.distribution?.model, rawBody: req.rawBody ? req.rawBody.length : null }));
@@ -285,6 +302,18 @@ describe('form and multipart bodies', () => {
     const r = await request(t.app).post('/v1/audio/transcriptions').set('content-type', mp.type).send(mp.body).expect(200);
     expect(r.body.distribution.model).toBe('gpt-4o-transcribe');
     expect(r.body.rawBodyLength).toBe(mp.body.length);
+  });
+
+  test('multipart with options.multipart: the model field is found after a file part (a file named "model" is ignored)', async () => {
+    const t = app({ multipart: true });
+    const boundary = 'XyZ-boundary';
+    const body = Buffer.concat([
+      Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="model"; filename="model.bin"\r\nContent-Type: application/octet-stream\r\n\r\n`),
+      Buffer.from([0, 1, 2, 13, 10, 45, 45, 3]),
+      Buffer.from(`\r\n--${boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\ngpt-4o-transcribe\r\n--${boundary}--\r\n`),
+    ]);
+    const r = await request(t.app).post('/v1/audio/transcriptions').set('content-type', `multipart/form-data; boundary="${boundary}"`).send(body).expect(200);
+    expect(r.body.distribution.model).toBe('gpt-4o-transcribe');
   });
 
   test('multipart with options.multipart over bodyLimit -> 413', async () => {

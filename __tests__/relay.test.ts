@@ -15,7 +15,7 @@ describe('forwarding', () => {
     const up = await mock({ name: 'alpha' });
     const gw = await gateway([ch(1, up)]);
     const raw = '{ "model" : "gpt-4o-mini",   "messages": [{"role":"user","content":"hi"}] }';
-    const r = await post(gw.url, raw, { 'x-custom': 'kept', cookie: 'session=abc', 'x-api-key': 'client-key-xyz' });
+    const r = await post(gw.url, raw, { ...ctx({ tokenId: 1 }), 'x-custom': 'kept', cookie: 'session=abc', 'x-api-key': 'client-key-xyz' });
     expect(r.status).toBe(200);
     expect(r.json<{ choices: Array<{ message: { content: string } }> }>().choices[0].message.content).toBe('Hello from alpha');
     expect(r.headers['content-type']).toBe('application/json');
@@ -26,7 +26,7 @@ describe('forwarding', () => {
     expect(last.headers['x-custom']).toBe('kept');
     expect(last.headers.cookie).toBeUndefined();
     expect(last.headers['x-api-key']).toBeUndefined();
-    expect(last.headers['x-test-context']).toBeDefined();
+    expect(last.headers['x-test-context']).toBeDefined(); // other headers pass through
     expect(gw.last().tried).toEqual([1]);
     expect(gw.last().attempts).toEqual([]);
   });
@@ -55,6 +55,37 @@ describe('forwarding', () => {
     expect(up.stats.last!.path).toBe('/v1/chat/completions?api-version=2024');
     expect(up.stats.last!.headers['x-channel']).toBe('1');
     expect(up.stats.last!.headers['x-attempt']).toBe('1');
+  });
+
+  test('upstream set-cookie is dropped; responseHeaders can drop more', async () => {
+    const http = await import('node:http');
+    const server = http.createServer((req, res) => {
+      req.resume();
+      req.on('end', () => {
+        res.writeHead(200, { 'content-type': 'application/json', 'set-cookie': '__cf_bm=abc; path=/', 'openai-organization': 'org-secret', 'x-request-id': 'req-1' });
+        res.end('{"ok":true}');
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    try {
+      const { port } = server.address() as import('node:net').AddressInfo;
+      const gw = await gateway([ch(1, `http://127.0.0.1:${port}`)], {}, {
+        responseHeaders: (h, { status, channel }) => {
+          expect(status).toBe(200);
+          expect(channel.id).toBe(1);
+          delete h['openai-organization'];
+        },
+      });
+      const r = await post(gw.url, chat());
+      expect(r.status).toBe(200);
+      expect(r.text).toBe('{"ok":true}');
+      expect(r.headers['set-cookie']).toBeUndefined();
+      expect(r.headers['openai-organization']).toBeUndefined();
+      expect(r.headers['x-request-id']).toBe('req-1');
+    } finally {
+      server.closeAllConnections();
+      server.close();
+    }
   });
 
   test('the path option maps the upstream path', async () => {
@@ -386,7 +417,7 @@ describe('secrets', () => {
     for (const secret of ['sk-upstream-key-1-secret', 'sk-upstream-key-2-secret', CLIENT_TOKEN]) {
       expect(r.text).not.toContain(secret);
       expect(JSON.stringify(gw.last().attempts)).not.toContain(secret);
-      expect(JSON.stringify(gw.errors)).not.toContain(secret);
+      expect(JSON.stringify(gw.errors.map(({ req: _req, ...e }) => e))).not.toContain(secret);
     }
     expect(r.text).toContain('[REDACTED]');
   });
@@ -397,5 +428,81 @@ describe('secrets', () => {
     await post(gw.url, chat(), ctx({ group: 'default' }));
     expect(up.stats.last!.headers.authorization).toBeUndefined();
     expect(JSON.stringify(up.stats.last!.headers)).not.toContain(CLIENT_TOKEN);
+  });
+});
+
+describe('request bodies the distributor did not read', () => {
+  test('a multipart upload is streamed upstream as is, and not retried (it cannot be replayed)', async () => {
+    const http = await import('node:http');
+    let hits = 0;
+    const server = http.createServer((req, res) => {
+      hits++;
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        const body = Buffer.concat(chunks).toString('latin1');
+        if (req.headers['x-fail']) {
+          res.writeHead(500, { 'content-type': 'application/json' });
+          res.end('{"error":{"message":"boom","type":"server_error"}}');
+          return;
+        }
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end(JSON.stringify({ path: req.url, ct: req.headers['content-type'], cl: req.headers['content-length'], body }));
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    try {
+      const { port } = server.address() as import('node:net').AddressInfo;
+      const other = await mock();
+      const gw = await gateway([ch(1, `http://127.0.0.1:${port}`, { models: 'whisper-1', priority: 1 }), ch(2, other, { models: 'whisper-1' })]);
+      const boundary = 'XyZ';
+      const form = `--${boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\nContent-Type: audio/wav\r\n\r\nRIFF....\r\n--${boundary}--\r\n`;
+      const headers = { 'content-type': `multipart/form-data; boundary=${boundary}` };
+      const r = await post(gw.url, form, headers, '/v1/audio/transcriptions');
+      expect(r.status).toBe(200);
+      expect(r.json()).toEqual({ path: '/v1/audio/transcriptions', ct: headers['content-type'], cl: String(form.length), body: form });
+
+      const failed = await post(gw.url, form, { ...headers, 'x-fail': '1' }, '/v1/audio/transcriptions');
+      expect(failed.status).toBe(500);
+      expect(failed.json<{ error: { message: string } }>().error.message).toBe('boom');
+      expect(other.stats.hits).toBe(0);
+      expect(hits).toBe(2);
+    } finally {
+      server.closeAllConnections();
+      server.close();
+    }
+  });
+});
+
+describe('helpers', () => {
+  test('upstreamPath: a trailing version segment of the base URL is not repeated', async () => {
+    const { upstreamPath } = await import('../lib/relay/target');
+    const base = (basePath: string, version?: string) => ({ origin: 'http://h', basePath, version });
+    expect(upstreamPath(base('/v1', '/v1'), '/v1/chat/completions')).toBe('/v1/chat/completions');
+    expect(upstreamPath(base('/openai/v1', '/v1'), '/v1/responses?x=1')).toBe('/openai/v1/responses?x=1');
+    expect(upstreamPath(base('/v1', '/v1'), '/v1beta/models/x:generate')).toBe('/v1/v1beta/models/x:generate');
+    expect(upstreamPath(base('/v1', '/v1'), '/v10/x')).toBe('/v1/v10/x');
+    expect(upstreamPath(base(''), '/v1/chat/completions')).toBe('/v1/chat/completions');
+    expect(upstreamPath(base('/openai'), '/v1/chat/completions')).toBe('/openai/v1/chat/completions');
+    expect(upstreamPath(base('/v1', '/v1'), '/v1')).toBe('/v1');
+    expect(upstreamPath(base(''), '')).toBe('/');
+  });
+
+  test('parseRetryAfter: ms headers, seconds, HTTP dates, junk', async () => {
+    const { parseRetryAfter } = await import('../lib/relay/headers');
+    const now = Date.parse('2026-01-01T00:00:00Z');
+    expect(parseRetryAfter({ 'retry-after-ms': '250', 'retry-after': '9' }, now)).toBe(250);
+    expect(parseRetryAfter({ 'retry-after': '2' }, now)).toBe(2000);
+    expect(parseRetryAfter({ 'retry-after': '0.5' }, now)).toBe(500);
+    expect(parseRetryAfter({ 'retry-after': 'Thu, 01 Jan 2026 00:00:03 GMT' }, now)).toBe(3000);
+    expect(parseRetryAfter({ 'retry-after': 'Wed, 31 Dec 2025 00:00:00 GMT' }, now)).toBe(0);
+    expect(parseRetryAfter({ 'retry-after': 'soon' }, now)).toBeUndefined();
+    expect(parseRetryAfter({}, now)).toBeUndefined();
+  });
+
+  test('relay() rejects invalid options', async () => {
+    const { relay } = await import('../lib');
+    expect(() => relay({ timeoutMs: 0 })).toThrow(/timeoutMs/);
+    expect(() => relay({ bodyTimeoutMs: -1 })).toThrow(/bodyTimeoutMs/);
   });
 });

@@ -608,6 +608,28 @@ describe('pins after a failure (clearOnFailure, switchOnSuccess)', () => {
     expect((await next(b)).affinity).toMatchObject({ hit: false });
   });
 
+  test('a miss: the new pin goes to the channel that served after a retry', async () => {
+    const b = build({ channels: [ch(1, 10), ch(2, 5)], affinity: { rules: [sessRule(false)] } });
+    b.up.plan(1, 500);
+    const first = (await b.post(s).expect(200)).body;
+    expect(first).toMatchObject({ upstream: [1, 2], affinity: { hit: false } });
+    const body = await next(b);
+    expect(body).toMatchObject({ channel: 2, affinity: { hit: true, used: true } });
+  });
+
+  test('switchOnSuccess false: a pinned channel that served after a Retry-After wait keeps its pin', async () => {
+    const b = build({
+      channels: [ch(1)],
+      retry: { maxRetryAfterMs: 200 },
+      affinity: { rules: [sessRule(false)], switchOnSuccess: false },
+    });
+    await b.post(s).expect(200); // S -> 1
+    await settle();
+    b.up.plan(1, { status: 429, retryAfterMs: 20 });
+    expect((await b.post(s).expect(200)).body).toMatchObject({ upstream: [1, 1], affinity: { used: true } });
+    expect((await next(b)).affinity).toMatchObject({ hit: true, used: true });
+  });
+
   test('clearOnFailure false keeps the pin after a failed request', async () => {
     const b = await pinned({ affinity: { clearOnFailure: false } });
     b.up.always(1, 500).always(2, 500);

@@ -1,15 +1,17 @@
 // The distributor() factory and the per-request pipeline:
 // parse -> routing checks -> affinity lookup -> select + setup (fallback) -> next() -> finish.
 import type { NextFunction, Request, RequestHandler, Response } from 'express';
+import { matchAffinity } from './affinity/key';
 import { usePin } from './affinity/lookup';
 import type { ChannelRegistry } from './channels/registry';
 import { DistributorError, errorBody } from './errors';
 import { callHook, markStart } from './hooks';
 import { resolveOptions, type Config } from './options';
-import { parseRequest } from './request/extract';
+import { parseRequest, type ParsedRequest } from './request/extract';
 import { resolveRouting } from './request/routing';
 import { RequestRun } from './retry/distribution';
 import { createRuntime, type Runtime } from './runtime';
+import { TRACE_HEADER, traceHeaderValue } from './trace';
 import type { Store } from './stores/store';
 import { ChannelStatus, type Channel, type ChannelHealth, type DistributorOptions } from './types';
 import { runValidations } from './validations';
@@ -33,11 +35,6 @@ const runtimes = new WeakMap<DistributorHandler, Runtime>();
 /** @internal The runtime behind a handler (for the admin helpers). */
 export function runtimeOf(handler: DistributorHandler): Runtime | undefined {
   return runtimes.get(handler);
-}
-
-/** Header values must be visible ASCII: other characters (in rule names) are percent-encoded. */
-export function traceHeaderValue(trace: readonly string[]): string {
-  return trace.join(' -> ').replace(/[^\x20-\x7e]+/g, (s) => encodeURIComponent(s));
 }
 
 function sendError(cfg: Config, err: DistributorError, req: Request, res: Response, next: NextFunction): void {
@@ -75,12 +72,12 @@ async function distribute(rt: Runtime, req: Request, res: Response): Promise<'ne
   };
   res.once('finish', () => finalize(true));
   res.once('close', () => finalize(res.writableFinished));
-  if (routing.specificChannelId !== undefined) return specificChannel(rt, run, req, routing.specificChannelId);
+  if (routing.specificChannelId !== undefined) return specificChannel(rt, run, req, res, parsed, routing.specificChannelId);
   if (!parsed.model) return new DistributorError('model_required', 'Model name not specified, model name cannot be empty', 400);
   let ok = cfg.affinity.enabled && cfg.affinity.rules.length > 0 && (await usePin(rt, run, req, res, parsed));
-  if (!ok) ok = await run.selectWithFallback(cfg.retry.times + 1, run.tried.length ? 'fallback' : 'select', run.groups);
+  if (!ok) ok = await run.selectWithFallback(cfg.retry.times + 1, 'select', run.groups);
   if (!ok) return run.noChannelError();
-  if (cfg.traceHeader) res.setHeader('x-distributor-trace', traceHeaderValue(run.trace));
+  if (cfg.traceHeader) res.setHeader(TRACE_HEADER, traceHeaderValue(run.trace));
   if (rt.debug) {
     cfg.logger.debug?.('channel selected', {
       channelId: run.current?.id, group: run.selectedGroup, model: run.model, rule: run.affinity?.rule,
@@ -90,10 +87,15 @@ async function distribute(rt: Runtime, req: Request, res: Response): Promise<'ne
   return 'next';
 }
 
-async function specificChannel(rt: Runtime, run: RequestRun, req: Request, id: number): Promise<'next' | DistributorError> {
+async function specificChannel(rt: Runtime, run: RequestRun, req: Request, res: Response, parsed: ParsedRequest, id: number): Promise<'next' | DistributorError> {
   const ch = rt.registry.get(id);
   if (!ch) return new DistributorError('invalid_channel_id', 'Invalid channel ID', 400);
   if (ch.status !== ChannelStatus.Enabled) return new DistributorError('channel_disabled', 'This channel has been disabled', 403);
+  // No affinity here, but a value a rule would key on still stays out of setup error messages and logs.
+  if (rt.cfg.affinity.enabled && rt.cfg.setup) {
+    const m = matchAffinity(rt.cfg.affinity.rules, { req, res, model: run.model, path: parsed.path, group: run.group, ctx: run.ctx, body: parsed.body });
+    if (m) run.secrets.push(m.rawValue);
+  }
   if (!(await run.trySetup(ch, run.group))) {
     const last = run.attempts[run.attempts.length - 1]?.reason ?? 'setup failed';
     return new DistributorError('channel_setup_failed', `Channel ${id} could not be set up: ${last}`, 503);

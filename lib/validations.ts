@@ -63,8 +63,11 @@ function levenshtein(a: string, b: string): number {
   return dp[a.length][b.length];
 }
 
-/** Suggests the closest known option name for a typo. */
+/** Suggests the closest known option name for a typo (or the one a truncated name starts). */
 export function didYouMean(name: string, known: readonly string[]): string | undefined {
+  const lower = name.toLowerCase();
+  const prefixed = lower.length >= 4 ? known.filter((k) => k.toLowerCase().startsWith(lower)) : [];
+  if (prefixed.length === 1) return prefixed[0];
   let best: string | undefined;
   let bestD = Infinity;
   for (const k of known) {
@@ -260,9 +263,11 @@ export function runValidations(cfg: Config, options: DistributorOptions): () => 
   let users = storeUsers.get(cfg.store);
   if (!users) storeUsers.set(cfg.store, (users = new Map()));
   users.set(cfg.registry, (users.get(cfg.registry) ?? 0) + 1);
-  const unwatch = cfg.registry.onChange((change) => {
-    if (change.type === 'reload') check('zeroWeightTier', () => checkZeroWeightTiers(warn, cfg.registry));
-  });
+  const unwatch = enabled('zeroWeightTier')
+    ? cfg.registry.onChange((change) => {
+      if (change.type === 'reload') check('zeroWeightTier', () => checkZeroWeightTiers(warn, cfg.registry));
+    })
+    : () => undefined;
   let released = false;
   return () => {
     if (released) return;

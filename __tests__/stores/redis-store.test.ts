@@ -10,6 +10,9 @@ import {
   RedisStore, RedisStoreUnavailableError, parseEvent, type RedisStoreOptions, type RedisSubscribeFunction,
 } from '../../lib/stores/redis';
 import type { StoreEvent } from '../../lib/stores/store';
+import {
+  CLEAR_COOLDOWN, CLEAR_PIN, GET_PIN, LOAD_HEALTH, RECORD_FAILURE, SET_OVERRIDE,
+} from '../../lib/stores/redis-scripts';
 import { ChannelStatus } from '../../lib/types';
 import { describeRedis, flushPrefix, sleep, waitFor } from '../helpers/redis';
 import { pinKey, runStoreContract } from './store-contract';
@@ -196,15 +199,22 @@ describeRedis('RedisStore', (url) => {
   });
 
   describe('scripts and replies', () => {
-    test('NOSCRIPT after SCRIPT FLUSH: reloaded and retried within the call', async () => {
+    test('the SHAs computed locally are the ones Redis computes', async () => {
+      for (const sc of [GET_PIN, CLEAR_PIN, RECORD_FAILURE, CLEAR_COOLDOWN, SET_OVERRIDE, LOAD_HEALTH]) {
+        expect(await a.sendCommand(['SCRIPT', 'LOAD', sc.source])).toBe(sc.sha);
+      }
+    });
+
+    test('NOSCRIPT after SCRIPT FLUSH: EVAL within the same call, which caches the script again', async () => {
       const prefix = `${BASE}noscript:`;
       const s = new RedisStore({ client: a, prefix, timeoutMs: 1000 });
       const k = pinKey();
       await s.setPin(k, 3, 10_000);
       await a.sendCommand(['SCRIPT', 'FLUSH']);
       expect(await s.getPin(k, 10_000)).toBe(3);
+      expect(await a.sendCommand(['SCRIPT', 'EXISTS', GET_PIN.sha])).toEqual([1]);
       await a.sendCommand(['SCRIPT', 'FLUSH']);
-      // Concurrent calls after a flush share one reload and all succeed.
+      // Concurrent calls after a flush all succeed.
       const results = await Promise.all([s.clearPin(k, 3), s.clearPin(k, 3), s.loadHealth(), s.loadHealth()]);
       expect(results.slice(0, 2).filter(Boolean)).toHaveLength(1);
       await a.sendCommand(['SCRIPT', 'FLUSH']);

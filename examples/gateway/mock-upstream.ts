@@ -88,7 +88,6 @@ export interface MockUpstream {
 }
 
 const CREATED = 1700000000;
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 function emptyStats(): MockStats {
   return { hits: 0, ok: 0, failed: 0, streamed: 0, cut: 0, dropped: 0, paths: {} };
@@ -154,6 +153,16 @@ export function startMockUpstream(options: MockUpstreamOptions = {}): Promise<Mo
   let n = 0;
   let okN = 0;
   const sockets = new Set<Socket>();
+  const timers = new Set<NodeJS.Timeout>();
+  // pending delays are dropped on close(), so a stopped mock holds no timers
+  const sleep = (ms: number) =>
+    new Promise<void>((r) => {
+      const t = setTimeout(() => {
+        timers.delete(t);
+        r();
+      }, ms);
+      timers.add(t);
+    });
 
   const shouldFail = (): boolean => {
     n += 1;
@@ -299,6 +308,8 @@ export function startMockUpstream(options: MockUpstreamOptions = {}): Promise<Mo
     close() {
       return new Promise<void>((resolve) => {
         server.close(() => resolve());
+        for (const t of timers) clearTimeout(t);
+        timers.clear();
         for (const s of sockets) s.destroy();
       });
     },

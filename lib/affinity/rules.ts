@@ -166,7 +166,9 @@ function convertGoRegex(rule: string, pattern: string): string {
     p = p.slice(4);
   }
   p = p.replace(/\(\?P</g, '(?<').replace(/\\A/g, '^').replace(/\\z/g, '$');
-  if (/\(\?[a-zA-Z]+[):]/.test(p) || /\\[QE]/.test(p) || /\[\[:[a-z]+:\]\]/.test(p)) {
+  // Go-only: flag groups, \Q...\E quoting, Unicode classes \pL / \p{Greek} (a JS regex without
+  // the u flag reads them as a literal "p"), POSIX classes [[:alpha:]] anywhere inside a class.
+  if (/\(\?[a-zA-Z]+[):]/.test(p) || /(?:^|[^\\])(?:\\\\)*\\[QEpP]/.test(p) || /\[:\^?[a-z]+:\]/.test(p)) {
     throw configError(`affinity rule "${rule}": Go regex ${JSON.stringify(pattern)} has syntax with no JavaScript equivalent`);
   }
   const out = prefix + p;

@@ -38,7 +38,9 @@ export interface Tier {
 export type RegistryChange =
   | { type: 'status'; id: number; status: ChannelStatus; source: 'local' | 'remote' }
   | { type: 'keys'; id: number; disabledKeys: number[]; source: 'local' | 'remote' }
-  | { type: 'reload' };
+  | { type: 'reload' }
+  /** One channel was added or replaced: its input status and keys are the new truth. */
+  | { type: 'upsert'; id: number };
 
 const KNOWN_FIELDS = new Set([
   'id', 'name', 'status', 'group', 'models', 'priority', 'weight', 'baseUrl', 'key',
@@ -172,12 +174,15 @@ export class ChannelRegistry {
     return this.byId.size;
   }
 
-  /** Adds or replaces one channel. */
+  /**
+   * Adds or replaces one channel. Its status and disabled keys replace any health override
+   * (an explicit edit), whereas `replaceAll()` keeps overrides such as an auto-disable.
+   */
   upsert(channel: ChannelInput): RegisteredChannel {
     const ch = normalizeChannel(channel);
     this.byId.set(ch.id, ch);
     this.rebuild();
-    this.emit({ type: 'reload' });
+    this.emit({ type: 'upsert', id: ch.id });
     return ch;
   }
 

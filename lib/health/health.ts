@@ -39,6 +39,14 @@ export class HealthBook {
   private unsubscribe?: () => void;
   private unwatch?: () => void;
   private applyingRemote = false;
+  /** When each cooldown was learnt (a snapshot older than that does not erase it). */
+  private cooldownSeen = new Map<number, number>();
+  /** Cooldowns counted locally while the store was unreachable (no snapshot erases them). */
+  private localCooldowns = new Set<number>();
+  private localFailures = new Map<number, { count: number; since: number }>();
+  /** Local status/key changes not yet confirmed by the store: retried, and never reverted by a snapshot. */
+  private pending = new Map<number, { status?: ChannelStatus | null; disabledKeys?: number[]; version: number }>();
+  private version = 0;
 
   constructor(
     private readonly cfg: Config,
@@ -54,17 +62,21 @@ export class HealthBook {
         this.reapplyOverrides();
         return;
       }
+      if (change.type === 'upsert') {
+        this.adoptUpsert(change.id);
+        return;
+      }
       if (change.source !== 'local' || this.applyingRemote) return;
       if (change.type === 'status') {
         const status = change.status === ChannelStatus.Enabled ? null : change.status;
         if (status === null) this.statusOverrides.delete(change.id);
         else this.statusOverrides.set(change.id, status);
-        void this.guard.run('setOverride', () => store.setOverride(change.id, { status }), undefined);
+        void this.publish(change.id, { status });
         if (status === null) this.restoreKeysIfNoneLeft(change.id);
       } else if (change.type === 'keys') {
         if (change.disabledKeys.length) this.keyOverrides.set(change.id, change.disabledKeys);
         else this.keyOverrides.delete(change.id);
-        void this.guard.run('setOverride', () => store.setOverride(change.id, { disabledKeys: change.disabledKeys }), undefined);
+        void this.publish(change.id, { disabledKeys: change.disabledKeys });
       }
     });
     if (store.subscribe) {
@@ -81,6 +93,24 @@ export class HealthBook {
     }
   }
 
+  /** An upserted channel's own status and keys become the shared truth (overrides replaced). */
+  private adoptUpsert(id: number): void {
+    const ch = this.registry.get(id);
+    if (!ch) return;
+    const status = ch.status === ChannelStatus.Enabled ? null : ch.status;
+    const disabledKeys = [...ch.disabledKeys].sort((a, b) => a - b);
+    const hadStatus = this.statusOverrides.has(id);
+    const hadKeys = this.keyOverrides.has(id);
+    if (status === null) this.statusOverrides.delete(id);
+    else this.statusOverrides.set(id, status);
+    if (disabledKeys.length) this.keyOverrides.set(id, disabledKeys);
+    else this.keyOverrides.delete(id);
+    const patch: { status?: ChannelStatus | null; disabledKeys?: number[] } = {};
+    if (status !== null || hadStatus) patch.status = status;
+    if (disabledKeys.length || hadKeys) patch.disabledKeys = disabledKeys;
+    if (patch.status !== undefined || patch.disabledKeys !== undefined) void this.publish(id, patch);
+  }
+
   /**
    * Re-enabling a multi-key channel whose every key is off (health disabled the last one) brings
    * back the keys of its configuration; otherwise it would be status 1 yet fail every setup.
@@ -89,9 +119,38 @@ export class HealthBook {
     const ch = this.registry.get(id);
     if (!ch || ch.keys.length < 2 || ch.disabledKeys.size < ch.keys.length) return;
     for (let i = 0; i < ch.keys.length; i++) if (!ch.disabledKeys.has(i)) return;
-    const configured = (ch.input.disabledKeys ?? []).filter((i) => i < ch.keys.length);
+    const configured = [...new Set(ch.input.disabledKeys ?? [])].filter((i) => i < ch.keys.length).sort((a, b) => a - b);
     if (configured.length >= ch.keys.length) return;
-    this.registry.applyDisabledKeys(id, [...new Set(configured)].sort((a, b) => a - b), 'local');
+    this.registry.applyDisabledKeys(id, configured, 'local');
+  }
+
+  /**
+   * Writes a local change to the store. Until the store confirms it, the change stays pending:
+   * it is retried by every sync and no snapshot reverts it (so an outage loses nothing).
+   */
+  private async publish(id: number, patch: { status?: ChannelStatus | null; disabledKeys?: number[] }): Promise<void> {
+    const version = ++this.version;
+    const entry = { ...this.pending.get(id), ...patch, version };
+    this.pending.set(id, entry);
+    const ok = await this.guard.run('setOverride', async () => {
+      await this.cfg.store.setOverride(id, patch);
+      return true;
+    }, false);
+    if (ok && this.pending.get(id)?.version === version) this.pending.delete(id);
+  }
+
+  private async flushPending(): Promise<void> {
+    for (const [id, entry] of [...this.pending]) {
+      const patch: { status?: ChannelStatus | null; disabledKeys?: number[] } = {};
+      if (entry.status !== undefined) patch.status = entry.status;
+      if (entry.disabledKeys !== undefined) patch.disabledKeys = entry.disabledKeys;
+      const ok = await this.guard.run('setOverride', async () => {
+        await this.cfg.store.setOverride(id, patch);
+        return true;
+      }, false);
+      if (!ok) return; // still down: keep everything pending
+      if (this.pending.get(id)?.version === entry.version) this.pending.delete(id);
+    }
   }
 
   stop(): void {
@@ -105,7 +164,7 @@ export class HealthBook {
     const until = this.cooldowns.get(id);
     if (until === undefined) return false;
     if (until > now) return true;
-    this.cooldowns.delete(id);
+    this.dropCooldown(id);
     return false;
   }
 
@@ -115,31 +174,55 @@ export class HealthBook {
 
   /** Re-reads every cooldown and override from the store (backstop for missed events). */
   async sync(): Promise<void> {
+    if (this.pending.size) await this.flushPending();
+    const started = Date.now();
     const snap = await this.guard.run<HealthSnapshot | null>('loadHealth', () => this.cfg.store.loadHealth(), null);
     if (!snap) return;
-    this.applySnapshot(snap);
+    this.applySnapshot(snap, started);
   }
 
-  applySnapshot(snap: HealthSnapshot): void {
+  /** Applies a snapshot read at `readAt` (what was learnt after that, or is still pending, is kept). */
+  applySnapshot(snap: HealthSnapshot, readAt = Date.now()): void {
     const now = Date.now();
     const seen = new Set<number>();
     for (const [id, until] of Object.entries(snap.cooldowns)) {
       seen.add(Number(id));
-      if (until > now) this.cooldowns.set(Number(id), until);
+      if (until > now) this.setCooldown(Number(id), until, false);
     }
-    for (const id of this.cooldowns.keys()) if (!seen.has(id)) this.cooldowns.delete(id);
+    for (const id of [...this.cooldowns.keys()]) {
+      if (!seen.has(id) && !this.localCooldowns.has(id) && (this.cooldownSeen.get(id) ?? 0) < readAt) this.dropCooldown(id);
+    }
     // Statuses: apply only what changed since the last snapshot, so a local replaceAll()
     // is not overwritten by an override it already reflects.
     const statuses = new Map(Object.entries(snap.statuses).map(([k, v]) => [Number(k), v] as const));
+    const pendingStatus = (id: number) => this.pending.get(id)?.status !== undefined;
+    const pendingKeys = (id: number) => this.pending.get(id)?.disabledKeys !== undefined;
     for (const [id, status] of statuses) {
-      if (this.statusOverrides.get(id) !== status) this.onEvent({ type: 'status', channelId: id, status });
+      if (this.statusOverrides.get(id) !== status && !pendingStatus(id)) this.onEvent({ type: 'status', channelId: id, status });
     }
-    for (const id of [...this.statusOverrides.keys()]) if (!statuses.has(id)) this.onEvent({ type: 'status', channelId: id, status: null });
+    for (const id of [...this.statusOverrides.keys()]) {
+      if (!statuses.has(id) && !pendingStatus(id)) this.onEvent({ type: 'status', channelId: id, status: null });
+    }
     const keys = new Map(Object.entries(snap.disabledKeys).map(([k, v]) => [Number(k), v] as const));
     for (const [id, list] of keys) {
-      if (String(this.keyOverrides.get(id)) !== String(list)) this.onEvent({ type: 'keys', channelId: id, disabledKeys: list });
+      if (String(this.keyOverrides.get(id)) !== String(list) && !pendingKeys(id)) this.onEvent({ type: 'keys', channelId: id, disabledKeys: list });
     }
-    for (const id of [...this.keyOverrides.keys()]) if (!keys.has(id)) this.onEvent({ type: 'keys', channelId: id, disabledKeys: [] });
+    for (const id of [...this.keyOverrides.keys()]) {
+      if (!keys.has(id) && !pendingKeys(id)) this.onEvent({ type: 'keys', channelId: id, disabledKeys: [] });
+    }
+  }
+
+  private setCooldown(id: number, until: number, local: boolean): void {
+    this.cooldowns.set(id, until);
+    this.cooldownSeen.set(id, Date.now());
+    if (local) this.localCooldowns.add(id);
+    else this.localCooldowns.delete(id);
+  }
+
+  private dropCooldown(id: number): void {
+    this.cooldowns.delete(id);
+    this.cooldownSeen.delete(id);
+    this.localCooldowns.delete(id);
   }
 
   /** Applies a change made by any instance (including this one, idempotently). */
@@ -147,8 +230,8 @@ export class HealthBook {
     this.applyingRemote = true;
     try {
       if (e.type === 'cooldown') {
-        if (e.until > Date.now()) this.cooldowns.set(e.channelId, e.until);
-        else this.cooldowns.delete(e.channelId);
+        if (e.until > Date.now()) this.setCooldown(e.channelId, e.until, false);
+        else this.dropCooldown(e.channelId);
       } else if (e.type === 'status') {
         if (e.status === null) {
           const had = this.statusOverrides.delete(e.channelId);
@@ -187,13 +270,24 @@ export class HealthBook {
     const { cooldown, autoDisable } = this.cfg.health;
     if (autoDisable && ch.autoBan && this.shouldDisable(failure)) this.disable(ch, keyIndex);
     if (cooldown && countsAsFailure(this.cfg.retry.statusTable, failure.status)) {
-      const until = await this.guard.run('recordFailure', () => this.cfg.store.recordFailure(ch.id, cooldown, Date.now()), null);
+      const now = Date.now();
+      const shared = await this.guard.run<number | null | 'unavailable'>('recordFailure', () => this.cfg.store.recordFailure(ch.id, cooldown, now), 'unavailable');
+      // Store down: count locally, so a failing channel still cools down on this instance.
+      const until = shared === 'unavailable' ? this.countLocally(ch.id, cooldown, now) : shared;
       if (until) {
-        this.cooldowns.set(ch.id, until);
+        this.setCooldown(ch.id, until, shared === 'unavailable');
         this.cfg.logger.warn('channel cooling down', { channelId: ch.id, until: new Date(until).toISOString() });
         callHook(this.cfg, 'health', { channelId: ch.id, event: 'cooldown', until });
       }
     }
+  }
+
+  private countLocally(id: number, policy: { failures: number; windowMs: number; durationMs: number }, now: number): number | null {
+    let f = this.localFailures.get(id);
+    if (!f || now - f.since > policy.windowMs) this.localFailures.set(id, (f = { count: 0, since: now }));
+    if (++f.count < policy.failures) return null;
+    this.localFailures.delete(id);
+    return now + policy.durationMs;
   }
 
   private shouldDisable(failure: RetryFailure): boolean {

@@ -18,14 +18,22 @@ const SKIP_REQUEST = new Set([
   'authorization', 'x-api-key', 'api-key', 'x-goog-api-key', 'cookie', 'http2-settings',
 ]);
 
-/** Never passed back to the client: hop-by-hop headers; Node frames the response itself. */
+/**
+ * Never passed back to the client: hop-by-hop headers (Node frames the response itself) and
+ * `set-cookie` (the upstream's cookies belong to the gateway's session with it, not the caller's).
+ */
 const SKIP_RESPONSE = new Set([
-  'connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'te', 'trailer', 'transfer-encoding', 'upgrade',
+  'connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'set-cookie',
 ]);
 
 /** Names listed in a `Connection` header are hop-by-hop too. */
 function connectionTokens(value: string | string[] | undefined): Set<string> | undefined {
   if (!value) return undefined;
+  // the common values name no extra header: skip the split
+  if (typeof value === 'string' && value.length <= 10) {
+    const v = value.toLowerCase();
+    if (v === 'keep-alive' || v === 'close') return undefined;
+  }
   const list = (Array.isArray(value) ? value.join(',') : value).toLowerCase().split(',');
   let out: Set<string> | undefined;
   for (const t of list) {

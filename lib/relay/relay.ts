@@ -4,6 +4,7 @@
 // reached the client. After that commit point a failure ends the response visibly: an SSE `error`
 // event for event streams, an aborted response otherwise; never a clean-looking success.
 import type { NextFunction, Request, RequestHandler, Response } from 'express';
+import { EventEmitter } from 'node:events';
 import type { Readable } from 'node:stream';
 import { Agent, type Dispatcher } from 'undici';
 import { bodyKind, parsedFromRaw } from '../request/body';
@@ -42,7 +43,7 @@ export interface RelayOptions {
   /**
    * Time to wait for the upstream's response headers, per attempt (ms). A non-streamed
    * completion only sends headers when it is done, so keep this above your slowest answer.
-   * Default 120_000.
+   * undici checks timeouts above 1 s with a 1 s resolution. Default 120_000.
    */
   timeoutMs?: number;
   /** Longest silence between two body chunks (ms), per attempt. Default 120_000. */
@@ -65,6 +66,12 @@ export interface RelayOptions {
    * and the caller's credentials, plus `authorization: Bearer <channel.key>` when the channel has a key.
    */
   headers?: (headers: RelayHeaders, ctx: { req: Request; channel: Channel; attempt: number }) => RelayHeaders | void;
+  /**
+   * Adjusts the headers of a successful upstream answer before they reach the client (for example
+   * to drop `openai-organization`). Default: the upstream's headers minus hop-by-hop headers and
+   * `set-cookie`. Receives a fresh object it may mutate, or returns a replacement.
+   */
+  responseHeaders?: (headers: RelayHeaders, ctx: { req: Request; channel: Channel; status: number }) => RelayHeaders | void;
   /** The undici dispatcher to send with. Default: one keep-alive `Agent` per relay() (closed by `close()`). */
   dispatcher?: Dispatcher;
   /** Observes every failed attempt (before and after the commit point). A throwing hook is ignored. */
@@ -84,6 +91,7 @@ interface Resolved {
   errorBodyLimit: number;
   path?: RelayOptions['path'];
   headers?: RelayOptions['headers'];
+  responseHeaders?: RelayOptions['responseHeaders'];
   dispatcher: Dispatcher;
   onUpstreamError?: RelayOptions['onUpstreamError'];
 }
@@ -107,8 +115,13 @@ interface OutBody {
 
 interface RunState {
   clientGone: boolean;
-  signal: AbortSignal;
-  secrets: string[];
+  /**
+   * Aborts the attempt in flight when the client goes away. An EventEmitter (undici listens for
+   * 'abort'), not an AbortController: on Node 20 an AbortSignal listener costs ~10 us per request.
+   */
+  signal: EventEmitter;
+  /** The caller's credentials, computed on the first error body that needs scrubbing. */
+  secrets?: string[];
 }
 
 const SSE_HOLD_LIMIT = 1 << 20;
@@ -268,7 +281,7 @@ function callHook(o: Resolved, e: RelayUpstreamError): void {
  * ended visibly after the commit point), or a Failure when the upstream failed before any byte
  * reached the client (the caller may retry).
  */
-function pump(up: Dispatcher.ResponseData, res: Response, st: RunState, o: Resolved, req: Request, channelId: number, attempt: number): Promise<Failure | null> {
+function pump(up: Dispatcher.ResponseData, res: Response, st: RunState, o: Resolved, req: Request, channel: Channel, attempt: number): Promise<Failure | null> {
   return new Promise((resolve) => {
     const body = up.body;
     const ct = up.headers['content-type'];
@@ -277,7 +290,9 @@ function pump(up: Dispatcher.ResponseData, res: Response, st: RunState, o: Resol
     let held: Buffer | undefined;
     const commit = () => {
       committed = true;
-      res.writeHead(up.statusCode, forwardResponseHeaders(up.headers));
+      let headers = forwardResponseHeaders(up.headers);
+      if (o.responseHeaders) headers = o.responseHeaders(headers, { req, channel, status: up.statusCode }) ?? headers;
+      res.writeHead(up.statusCode, headers);
     };
     const write = (chunk: Buffer) => {
       if (!committed) commit();
@@ -287,15 +302,27 @@ function pump(up: Dispatcher.ResponseData, res: Response, st: RunState, o: Resol
       }
     };
     const onData = (chunk: Buffer) => {
-      if (!sse) {
-        write(chunk);
-        return;
+      try {
+        if (!sse) {
+          write(chunk);
+          return;
+        }
+        // SSE: only whole events reach the client, so an error event never lands inside one
+        const buf = held ? Buffer.concat([held, chunk]) : chunk;
+        const cut = buf.length > SSE_HOLD_LIMIT ? buf.length : sseBoundary(buf);
+        held = cut < buf.length ? buf.subarray(cut) : undefined;
+        if (cut > 0) write(cut === buf.length ? buf : buf.subarray(0, cut));
+      } catch {
+        abandon();
       }
-      // SSE: only whole events reach the client, so an error event never lands inside one
-      const buf = held ? Buffer.concat([held, chunk]) : chunk;
-      const cut = buf.length > SSE_HOLD_LIMIT ? buf.length : sseBoundary(buf);
-      held = cut < buf.length ? buf.subarray(cut) : undefined;
-      if (cut > 0) write(cut === buf.length ? buf : buf.subarray(0, cut));
+    };
+    // a throwing responseHeaders hook, or a response taken over elsewhere: give up visibly
+    const abandon = () => {
+      cleanup();
+      body.on('error', () => {});
+      body.destroy();
+      res.destroy();
+      resolve(null);
     };
     const cleanup = () => {
       body.off('data', onData);
@@ -303,8 +330,13 @@ function pump(up: Dispatcher.ResponseData, res: Response, st: RunState, o: Resol
       body.off('error', onError);
     };
     const onEnd = () => {
+      try {
+        if (!committed) commit();
+      } catch {
+        abandon();
+        return;
+      }
       cleanup();
-      if (!committed) commit();
       if (held) res.end(held);
       else res.end();
       resolve(null);
@@ -322,7 +354,7 @@ function pump(up: Dispatcher.ResponseData, res: Response, st: RunState, o: Resol
         return;
       }
       const message = f.code === 'upstream_timeout' ? `${f.message}; the response is incomplete` : 'Upstream stream was interrupted; the response is incomplete';
-      callHook(o, { req, channelId, attempt, code: 'stream_interrupted', message, committed: true });
+      callHook(o, { req, channelId: channel.id, attempt, code: 'stream_interrupted', message, committed: true });
       // The wire status is already sent; this marks the request failed for the distributor's
       // finish watcher (health, pin clearing) and for access logs.
       res.statusCode = 502;
@@ -377,6 +409,7 @@ async function attemptOnce(req: Request, res: Response, o: Resolved, st: RunStat
     return null;
   }
   if (up.statusCode >= 400) {
+    st.secrets ??= callerSecrets(req.headers);
     const secrets = channel.key ? [channel.key, ...st.secrets] : st.secrets;
     const text = scrub(await readBounded(up.body, o.errorBodyLimit), secrets);
     const ra = up.headers['retry-after'];
@@ -390,7 +423,7 @@ async function attemptOnce(req: Request, res: Response, o: Resolved, st: RunStat
       committed: false,
     };
   }
-  return pump(up, res, st, o, req, channel.id, attempt);
+  return pump(up, res, st, o, req, channel, attempt);
 }
 
 /** The final answer after the last failed attempt. */
@@ -424,12 +457,11 @@ async function relayRequest(req: Request, res: Response, o: Resolved): Promise<v
     res.end(JSON.stringify({ error: { message: 'relay(): no channel was selected for this request (mount distributor() before relay())', type: 'relay_error', code: 'no_channel' } }));
     return;
   }
-  const ac = new AbortController();
-  const st: RunState = { clientGone: false, signal: ac.signal, secrets: callerSecrets(req.headers) };
+  const st: RunState = { clientGone: false, signal: new EventEmitter() };
   const onClose = () => {
     if (!res.writableFinished) {
       st.clientGone = true;
-      ac.abort();
+      st.signal.emit('abort');
     }
   };
   res.once('close', onClose);
@@ -459,19 +491,19 @@ async function relayRequest(req: Request, res: Response, o: Resolved): Promise<v
  * app.post(['/v1/chat/completions', '/v1/responses'], forward);
  */
 export function relay(options: RelayOptions = {}): RelayHandler {
-  const ownAgent = options.dispatcher
-    ? undefined
-    : new Agent({
-        keepAliveTimeout: 30_000,
-        keepAliveMaxTimeout: 600_000,
-        connect: { timeout: positive('connectTimeoutMs', options.connectTimeoutMs, 10_000) },
-      });
+  const timeoutMs = positive('timeoutMs', options.timeoutMs, 120_000);
+  const bodyTimeoutMs = positive('bodyTimeoutMs', options.bodyTimeoutMs, 120_000);
+  const errorBodyLimit = positive('errorBodyLimit', options.errorBodyLimit, 65_536);
+  const connectTimeoutMs = positive('connectTimeoutMs', options.connectTimeoutMs, 10_000);
+  // keep-alive pool per origin; idle sockets live 30 s unless the upstream's Keep-Alive says less
+  const ownAgent = options.dispatcher ? undefined : new Agent({ keepAliveTimeout: 30_000, keepAliveMaxTimeout: 600_000, connect: { timeout: connectTimeoutMs } });
   const o: Resolved = {
-    timeoutMs: positive('timeoutMs', options.timeoutMs, 120_000),
-    bodyTimeoutMs: positive('bodyTimeoutMs', options.bodyTimeoutMs, 120_000),
-    errorBodyLimit: positive('errorBodyLimit', options.errorBodyLimit, 65_536),
+    timeoutMs,
+    bodyTimeoutMs,
+    errorBodyLimit,
     path: options.path,
     headers: options.headers,
+    responseHeaders: options.responseHeaders,
     dispatcher: options.dispatcher ?? (ownAgent as Agent),
     onUpstreamError: options.onUpstreamError,
   };

@@ -58,6 +58,12 @@ async function readBody(req: Request, cfg: ParseConfig): Promise<{ body?: Record
   if (bodyAlreadyRead(req)) {
     const b: unknown = req.body;
     if (isPlainObject(b)) return { body: b };
+    // express.raw() / express.text() consumed the stream and left the bytes: read the fields
+    // from them, leaving req.body as the user's parser set it.
+    if ((Buffer.isBuffer(b) || typeof b === 'string') && (kind === 'json' || kind === 'form')) {
+      const raw = Buffer.isBuffer(b) ? b : Buffer.from(b, 'utf8');
+      return { body: kind === 'json' ? parseJsonBody(raw) : parseFormBody(raw) };
+    }
     if (kind === 'json' && b !== undefined && b !== null && !(typeof b === 'string' && b === '')) {
       throw badRequest('Invalid request: the JSON body must be an object');
     }
@@ -65,24 +71,13 @@ async function readBody(req: Request, cfg: ParseConfig): Promise<{ body?: Record
   }
   if (kind === 'json') {
     const raw = await readRaw(req, cfg.bodyLimit);
-    if (raw.length === 0 || isBlank(raw)) {
-      markBodyRead(req, raw, {});
-      return {};
-    }
-    let parsed: unknown;
-    try {
-      parsed = JSON.parse(raw.toString('utf8'));
-    } catch {
-      throw badRequest('Invalid request: invalid JSON request body');
-    }
-    if (!isPlainObject(parsed)) throw badRequest('Invalid request: the JSON body must be an object');
-    markBodyRead(req, raw, parsed);
+    const parsed = parseJsonBody(raw);
+    markBodyRead(req, raw, parsed ?? {});
     return { body: parsed };
   }
   if (kind === 'form') {
     const raw = await readRaw(req, cfg.bodyLimit);
-    const body: Record<string, unknown> = Object.create(null) as Record<string, unknown>;
-    for (const [k, v] of new URLSearchParams(raw.toString('utf8'))) if (!(k in body)) body[k] = v;
+    const body = parseFormBody(raw);
     markBodyRead(req, raw, body);
     return { body };
   }
@@ -94,6 +89,25 @@ async function readBody(req: Request, cfg: ParseConfig): Promise<{ body?: Record
     return { multipartModel: model };
   }
   return {};
+}
+
+/** A JSON body: undefined when blank, else it must be an object (400 otherwise). */
+function parseJsonBody(raw: Buffer): Record<string, unknown> | undefined {
+  if (raw.length === 0 || isBlank(raw)) return undefined;
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(raw.toString('utf8'));
+  } catch {
+    throw badRequest('Invalid request: invalid JSON request body');
+  }
+  if (!isPlainObject(parsed)) throw badRequest('Invalid request: the JSON body must be an object');
+  return parsed;
+}
+
+function parseFormBody(raw: Buffer): Record<string, unknown> {
+  const body: Record<string, unknown> = Object.create(null) as Record<string, unknown>;
+  for (const [k, v] of new URLSearchParams(raw.toString('utf8'))) if (!(k in body)) body[k] = v;
+  return body;
 }
 
 function isBlank(buf: Buffer): boolean {

@@ -10,9 +10,13 @@ import { redactText } from '../logging/logger';
 import type { Runtime } from '../runtime';
 import { selectChannel } from '../selection/select';
 import { isRetryable } from './status-ranges';
+import { TRACE_HEADER, traceHeaderValue } from '../trace';
 import { ChannelStatus, type AffinityInfo, type Attempt, type Channel, type Distribution, type RequestContext, type RetryFailure, type StopReason } from '../types';
 
 const keyViews = new WeakMap<Channel, Channel[]>();
+
+/** Headers that carry the caller's credentials (OpenAI, Anthropic, Gemini, Azure styles). */
+const AUTH_HEADERS = ['authorization', 'proxy-authorization', 'x-api-key', 'x-goog-api-key', 'api-key'] as const;
 
 /** The frozen view of a channel with the key chosen for this request (cached per key index). */
 function viewWithKey(ch: RegisteredChannel, key: string | undefined, index: number | undefined): Channel {
@@ -40,6 +44,8 @@ export class RequestRun implements Distribution {
   trace: string[] = [];
 
   /** @internal */ match?: AffinityMatch;
+  /** @internal more values to keep out of messages (e.g. the affinity value of a request that did no lookup) */
+  secrets: string[] = [];
   /** @internal the channel id the pin pointed to, when there was a pin */
   pinnedId?: number;
   /** @internal the pinned channel failed with a retryable status */
@@ -155,8 +161,10 @@ export class RequestRun implements Distribution {
       const next = this.pick(groups, startTier);
       if (!next) return false;
       if (await this.trySetup(next.ch, next.group)) {
-        this.trace.push(`${reason} ch=${next.ch.id}`);
-        callHook(this.rt.cfg, 'select', { req: this.req, channel: this.res.locals.channel as Channel, group: next.group, model: this.model, reason });
+        // a first pick that only succeeded after a setup failure (or a stale pin) is a fallback
+        const why = reason === 'select' && this.tried.length > 1 ? 'fallback' : reason;
+        this.trace.push(`${why} ch=${next.ch.id}`);
+        callHook(this.rt.cfg, 'select', { req: this.req, channel: this.res.locals.channel as Channel, group: next.group, model: this.model, reason: why });
         return true;
       }
     }
@@ -171,14 +179,16 @@ export class RequestRun implements Distribution {
     return new DistributorError('model_not_found', this.lastSetupError ? `${base}; last setup error: ${this.lastSetupError}` : base, 503);
   }
 
-  /** Removes channel keys, the Authorization value and the raw affinity value from a message. */
+  /** Removes channel keys, the caller's credential headers and the raw affinity value from a message. */
   redact(message: string, ch?: RegisteredChannel): string {
     let out = message;
-    const secrets: string[] = [];
+    const secrets: string[] = [...this.secrets];
     if (ch) secrets.push(...ch.keys);
     if (this.match) secrets.push(this.match.rawValue);
-    const auth = this.req.headers.authorization;
-    if (auth) secrets.push(auth, auth.replace(/^bearer\s+/i, ''));
+    for (const h of AUTH_HEADERS) {
+      const v = this.req.headers[h];
+      for (const auth of Array.isArray(v) ? v : v ? [v] : []) secrets.push(auth, auth.replace(/^(bearer|basic)\s+/i, ''));
+    }
     for (const s of secrets) if (s && s.length >= 3) out = out.split(s).join('[REDACTED]');
     return redactText(out);
   }
@@ -233,7 +243,7 @@ export class RequestRun implements Distribution {
     }
     const next = this.res.locals.channel as Channel;
     callHook(cfg, 'retry', { req: this.req, from, to: next.id, status, attempt: this.upstreamRetries });
-    if (cfg.traceHeader && !this.res.headersSent) this.res.setHeader('x-distributor-trace', this.trace.join(' -> '));
+    if (cfg.traceHeader && !this.res.headersSent) this.res.setHeader(TRACE_HEADER, traceHeaderValue(this.trace));
     return next;
   }
 
@@ -270,7 +280,7 @@ export class RequestRun implements Distribution {
       if (!match) return;
       const aff = cfg.affinity;
       let target = aff.switchOnSuccess ? cur.id : this.firstChosen ?? cur.id;
-      if (!aff.switchOnSuccess && this.pinFailed && aff.clearOnFailure) {
+      if (!aff.switchOnSuccess && this.pinFailed && aff.clearOnFailure && cur.id !== this.pinnedId) {
         void guard.run('clearPin', () => cfg.store.clearPin(match.key, this.pinnedId as number), false);
         return;
       }

@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 export interface LuaScript {
   readonly name: string;
   readonly source: string;
-  /** SHA1 of `source`, as SCRIPT LOAD answers it (computed here: no round trip to learn it). */
+  /** SHA1 of `source`, as Redis names it (computed here: no SCRIPT LOAD round trip to learn it). */
   readonly sha: string;
 }
 

@@ -1,6 +1,7 @@
 // RedisStore: pins and channel health shared by every instance on one Redis (or Redis Cluster).
 // Raw commands through a user-supplied sender (no runtime Redis import), Lua for every
-// read-then-write, a timeout on every call and a short back-off after a failure.
+// read-then-write (EVALSHA, EVAL on NOSCRIPT), a timeout on every call and a short back-off
+// after a failure.
 import { DistributorError } from '../errors';
 import { ChannelStatus } from '../types';
 import {
@@ -136,7 +137,6 @@ export class RedisStore implements Store {
   /** Epoch ms until which calls fail fast; 0 while Redis is healthy. */
   private openUntil = 0;
   private probing = false;
-  private reloading = new Map<string, Promise<unknown>>();
   private listeners = new Set<(event: StoreEvent) => void>();
   private stopSubscription?: () => unknown;
 
@@ -359,30 +359,21 @@ export class RedisStore implements Store {
     });
   }
 
-  /** EVALSHA; on NOSCRIPT (a restarted server, another cluster node) SCRIPT LOAD there and retry once. */
+  /**
+   * EVALSHA with the locally computed SHA; on NOSCRIPT (a restarted or flushed server, a cluster
+   * node that never ran it) EVAL with the source, which runs it and caches it on that node. EVAL
+   * is routed by its keys like EVALSHA, so this works through every sender, including an ioredis
+   * Cluster's `call` (a keyless SCRIPT LOAD could land on the wrong node).
+   */
   private async evalScript(s: LuaScript, keys: string[], args: string[]): Promise<unknown> {
     const route = keys[0];
-    const cmd = ['EVALSHA', s.sha, String(keys.length), ...keys, ...args];
+    const tail = [String(keys.length), ...keys, ...args];
     try {
-      return await this.send(cmd, route, false);
+      return await this.send(['EVALSHA', s.sha, ...tail], route, false);
     } catch (e) {
       if (!isNoScript(e)) throw e;
     }
-    await this.loadScript(s, route);
-    return this.send(cmd, route, false);
-  }
-
-  /** One SCRIPT LOAD in flight per script and node route, shared by concurrent callers. */
-  private loadScript(s: LuaScript, route: string | undefined): Promise<unknown> {
-    const id = `${s.sha}\u0000${route ?? ''}`;
-    let p = this.reloading.get(id);
-    if (!p) {
-      p = this.send(['SCRIPT', 'LOAD', s.source], route, false).then((sha) => {
-        if (replyText(sha) !== s.sha) throw new Error(`RedisStore: SCRIPT LOAD of ${s.name} answered an unexpected SHA`);
-      }).finally(() => this.reloading.delete(id));
-      this.reloading.set(id, p);
-    }
-    return p;
+    return this.send(['EVAL', s.source, ...tail], route, false);
   }
 
   private async scan(pattern: string, onPage: (keys: string[], node: RedisSendCommand) => Promise<void>): Promise<void> {

@@ -1,0 +1,109 @@
+// The hot path does no per-request compilation: rule regexes are compiled once in distributor()
+// and the routing index is rebuilt only on registry changes (API.md sections 2 and 6).
+import { afterAll, afterEach, describe, expect, jest, test } from '@jest/globals';
+import request from 'supertest';
+import { ChannelRegistry, type AffinityRule, type DistributorHandler } from '../lib';
+import { createApp } from './helpers/create-app';
+import { settle } from './helpers/recording-store';
+
+const made: DistributorHandler[] = [];
+afterAll(async () => {
+  await Promise.all(made.map((m) => m.shutdown()));
+});
+afterEach(() => {
+  jest.restoreAllMocks();
+});
+
+const rules: AffinityRule[] = [
+  { name: 'valued', modelRegex: ['^gpt-4o$'], pathRegex: ['^/v1/chat'], keySources: [{ type: 'header', key: 'x-session' }], valueRegex: '^s-[0-9]+$', includeModelName: true },
+  { name: 'query', modelRegex: ['(?i)^GPT-'], keySources: [{ type: 'query', key: 'conv' }] },
+];
+
+/** Counts RegExp constructor calls made from lib/ (by stack frame) while `fn` runs. */
+async function regexpCallsFromLib(fn: () => Promise<void>): Promise<{ fromLib: number; total: number }> {
+  const Original = RegExp;
+  const stacks: string[] = [];
+  const spy = jest.spyOn(global, 'RegExp').mockImplementation(function (this: unknown, ...args: unknown[]) {
+    stacks.push(new Error().stack ?? '');
+    return new Original(...(args as [string, string?]));
+  } as unknown as (pattern: string | RegExp, flags?: string) => RegExp);
+  try {
+    await fn();
+  } finally {
+    spy.mockRestore();
+  }
+  const fromLib = stacks.filter((s) => s.split('\n').slice(2).some((line) => /[\\/]lib[\\/]/.test(line) && !line.includes('node_modules'))).length;
+  return { fromLib, total: stacks.length };
+}
+
+function build() {
+  const registry = new ChannelRegistry([
+    { id: 1, models: 'gpt-4o,gpt-5,claude-3,gemini-2.0-flash', priority: 2, weight: 3 },
+    { id: 2, models: 'gpt-4o,gpt-5,claude-3,gemini-2.0-flash', priority: 2, weight: 1 },
+    { id: 3, models: 'gpt-4o,gpt-5', priority: 1, key: ['k1', 'k2'] },
+  ]);
+  const t = createApp({ channels: registry, affinity: { rules: [...rules, ...defaultRulesCopy()] } });
+  made.push(t.mw);
+  return { ...t, registry };
+}
+
+function defaultRulesCopy(): AffinityRule[] {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  return (require('../lib') as typeof import('../lib')).defaultAffinityRules();
+}
+
+/** A mix of 100 requests over every parsing branch, affinity rule and error path. */
+async function hundredRequests(app: ReturnType<typeof build>['app']): Promise<void> {
+  const server = app.listen(0);
+  try {
+    for (let i = 0; i < 10; i++) {
+      await request(server).post('/v1/chat/completions').set('x-session', `s-${i}`).send({ model: 'gpt-4o' }).expect(200);
+      await request(server).post('/v1/chat/completions').set('x-session', 'no-match').send({ model: 'gpt-4o' }).expect(200);
+      await request(server).post(`/v1/chat/completions?conv=c${i}`).send({ model: 'gpt-5' }).expect(200);
+      await request(server).post('/v1/responses').send({ model: 'gpt-5', prompt_cache_key: `k-${i % 3}` }).expect(200);
+      await request(server).post('/v1/messages').send({ model: 'claude-3', metadata: { user_id: JSON.stringify({ session_id: `s${i}` }) } }).expect(200);
+      await request(server).post('/v1beta/models/gemini-2.0-flash:generateContent').send({}).expect(200);
+      await request(server).post('/v1/realtime?model=gpt-4o').send({}).expect(200);
+      await request(server).post('/v1/chat/completions').type('form').send('model=gpt-5').expect(200);
+      await request(server).post('/v1/chat/completions').set('content-type', 'application/json').send('{bad').expect(400);
+      await request(server).post('/v1/chat/completions').send({ model: 'nope' }).expect(503);
+    }
+    await settle();
+  } finally {
+    server.close();
+  }
+}
+
+describe('no per-request regex compilation', () => {
+  test('100 requests after creation construct no RegExp from lib/', async () => {
+    const { app } = build();
+    // warm-up request outside the measurement (lazy module loading in dependencies)
+    await request(app).post('/v1/chat/completions').send({ model: 'gpt-4o' }).expect(200);
+    const counted = await regexpCallsFromLib(() => hundredRequests(app));
+    expect(counted.fromLib).toBe(0);
+  });
+
+  test('control: the same spy sees the compilations distributor() does at creation', async () => {
+    const counted = await regexpCallsFromLib(async () => {
+      build();
+    });
+    // 9 patterns: valued 3 (model, path, value) + query 1 + codex 2 + claude 3; at most once each
+    expect(counted.fromLib).toBeGreaterThan(0);
+    expect(counted.fromLib).toBeLessThanOrEqual(9);
+  });
+});
+
+describe('no per-request index rebuild', () => {
+  test('ChannelRegistry#rebuild is not called by 100 requests, only by changes', async () => {
+    const { app, registry } = build();
+    const rebuild = jest.spyOn(ChannelRegistry.prototype as unknown as { rebuild: () => void }, 'rebuild');
+    await hundredRequests(app);
+    expect(rebuild).toHaveBeenCalledTimes(0);
+    // control: a change rebuilds once, and the next request sees it
+    registry.upsert({ id: 4, models: 'brand-new' });
+    expect(rebuild).toHaveBeenCalledTimes(1);
+    const r = await request(app).post('/v1/chat/completions').send({ model: 'brand-new' }).expect(200);
+    expect(r.body.channel.id).toBe(4);
+    expect(rebuild).toHaveBeenCalledTimes(1);
+  });
+});

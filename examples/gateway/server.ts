@@ -1,0 +1,249 @@
+// Example LLM gateway: auth stub (tokens.json) + distributor() + relay(), on the memory store.
+//
+//   npm start                      # channels.json, with the built-in mock upstreams it starts itself
+//   PORT=8080 npm start
+//   CHANNELS=http://127.0.0.1:18001,http://127.0.0.1:18002 FALLBACK_CHANNELS=http://127.0.0.1:18009,http://127.0.0.1:18002 \
+//     PORT=18200 npx tsx examples/gateway/server.ts   # point it at external upstreams (the bench harness does this)
+//
+// Env: PORT (default 3000; 0 = a free port), HOST (default 127.0.0.1), CHANNELS / FALLBACK_CHANNELS
+// (comma-separated base URLs; when set, channels.json and the mocks are not used), MODELS (models
+// of env channels, default "gpt-4o-mini,gpt-4o"), CHANNEL_KEY (their key, default "sk-mock"),
+// CHANNELS_FILE, TOKENS_FILE, TRACE (1/0: x-distributor-trace header; default on with
+// channels.json, off with CHANNELS).
+//
+// Routing: the token's group picks the channels ("default", "vip", "fallback"); the header
+// `x-bench-route: fallback` switches a request to the "fallback" group (used by the bench).
+// Everything listens on and talks to 127.0.0.1 only: it works offline.
+import express, { type NextFunction, type Request, type Response } from 'express';
+import { readFileSync } from 'node:fs';
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import path from 'node:path';
+import {
+  ChannelRegistry, MemoryStore, defaultAffinityRules, distributor, relay,
+  type ChannelInput, type DistributorHandler, type RelayHandler, type RequestContext,
+} from '../../lib';
+import { closedPortUrl, startMockUpstream, type MockBehaviour, type MockUpstream } from './mock-upstream';
+
+export interface GatewayOptions {
+  /** Default: env PORT, else 3000. 0 picks a free port. */
+  port?: number;
+  /** Default: env HOST, else 127.0.0.1. */
+  host?: string;
+  /** Environment to read (default `process.env`). */
+  env?: NodeJS.ProcessEnv;
+}
+
+export interface Gateway {
+  url: string;
+  port: number;
+  server: Server;
+  /** The built-in mock upstreams by name (empty when CHANNELS is set). */
+  mocks: Record<string, MockUpstream>;
+  distributor: DistributorHandler;
+  relay: RelayHandler;
+  /** The three curl lines printed at start (plain, sticky session, failover). */
+  curls: string[];
+  close(): Promise<void>;
+}
+
+interface ChannelsFile {
+  mocks?: Record<string, MockBehaviour & { refuse?: boolean }>;
+  channels: ChannelInput[];
+}
+
+type TokenEntry = RequestContext & { name?: string };
+
+const RELAY_PATHS = ['/v1/chat/completions', '/v1/completions', '/v1/responses', '/v1/embeddings'];
+
+function readJson<T>(file: string): T {
+  return JSON.parse(readFileSync(file, 'utf8')) as T;
+}
+
+function openAiError(res: Response, status: number, message: string, type: string, code: string): void {
+  res.status(status).json({ error: { message, type, code } });
+}
+
+/** Channels from CHANNELS / FALLBACK_CHANNELS (comma-separated base URLs). */
+function channelsFromEnv(env: NodeJS.ProcessEnv): ChannelInput[] {
+  const list = (v: string | undefined) => (v ?? '').split(',').map((s) => s.trim()).filter(Boolean);
+  const models = env.MODELS || 'gpt-4o-mini,gpt-4o';
+  const key = env.CHANNEL_KEY || 'sk-mock';
+  const main = list(env.CHANNELS);
+  const fallback = list(env.FALLBACK_CHANNELS);
+  return [
+    // one tier, equal weights: an even spread
+    ...main.map((baseUrl, i) => ({ id: i + 1, name: `ch${i + 1}`, group: 'default', models, priority: 0, weight: 1, baseUrl, key })),
+    // listed order = priority order: the first is tried first, the next ones on failure
+    ...fallback.map((baseUrl, i) => ({ id: 101 + i, name: `fallback${i + 1}`, group: 'fallback', models, priority: fallback.length - i, baseUrl, key })),
+  ];
+}
+
+/** Starts the mocks named in channels.json and resolves `mock://<name>` base URLs to them. */
+async function channelsFromFile(file: string, mocks: Record<string, MockUpstream>): Promise<ChannelInput[]> {
+  const cfg = readJson<ChannelsFile>(file);
+  const urls: Record<string, string> = {};
+  for (const [name, spec] of Object.entries(cfg.mocks ?? {})) {
+    if (spec.refuse) {
+      urls[name] = await closedPortUrl();
+      continue;
+    }
+    const m = await startMockUpstream({ ...spec, name });
+    mocks[name] = m;
+    urls[name] = m.url;
+  }
+  return cfg.channels.map((c) => {
+    const m = typeof c.baseUrl === 'string' ? /^mock:\/\/([^/]+)(.*)$/.exec(c.baseUrl) : null;
+    if (!m) return c;
+    if (!urls[m[1]]) throw new Error(`channel ${c.id}: no mock named "${m[1]}" in ${path.basename(file)}`);
+    return { ...c, baseUrl: urls[m[1]] + m[2] };
+  });
+}
+
+/** The auth stub: `Authorization: Bearer <token>` from tokens.json -> res.locals.token. */
+function authStub(tokensFile: string) {
+  const tokens = new Map<string, TokenEntry>(Object.entries(readJson<{ tokens: Record<string, TokenEntry> }>(tokensFile).tokens));
+  const fallbackCtx = new Map<string, TokenEntry>();
+  return function auth(req: Request, res: Response, next: NextFunction): void {
+    const h = req.headers.authorization;
+    const token = h && h.length > 7 && h.slice(0, 7).toLowerCase() === 'bearer ' ? h.slice(7).trim() : undefined;
+    let ctx = token === undefined ? undefined : tokens.get(token);
+    if (!ctx || token === undefined) {
+      openAiError(res, 401, token === undefined ? 'Missing bearer token' : 'Invalid API key', 'invalid_request_error', 'invalid_api_key');
+      return;
+    }
+    if (req.headers['x-bench-route'] === 'fallback') {
+      let f = fallbackCtx.get(token);
+      if (!f) fallbackCtx.set(token, (f = { ...ctx, group: 'fallback' }));
+      ctx = f;
+    }
+    res.locals.token = ctx;
+    next();
+  };
+}
+
+export async function startGateway(options: GatewayOptions = {}): Promise<Gateway> {
+  const env = options.env ?? process.env;
+  const host = options.host ?? env.HOST ?? '127.0.0.1';
+  const port = options.port ?? (env.PORT !== undefined && env.PORT !== '' ? Number(env.PORT) : 3000);
+  const fromEnv = Boolean(env.CHANNELS || env.FALLBACK_CHANNELS);
+  const mocks: Record<string, MockUpstream> = {};
+  const closeMocks = () => Promise.all(Object.values(mocks).map((m) => m.close()));
+
+  let channels: ChannelInput[];
+  try {
+    channels = fromEnv ? channelsFromEnv(env) : await channelsFromFile(env.CHANNELS_FILE || path.join(__dirname, 'channels.json'), mocks);
+  } catch (e) {
+    await closeMocks();
+    throw e;
+  }
+  const trace = env.TRACE !== undefined ? env.TRACE === '1' : !fromEnv;
+
+  const mw = distributor({
+    channels: new ChannelRegistry(channels),
+    store: new MemoryStore(),
+    // Unlike the reference's default, a failing pinned session may move to another channel
+    // (the pin follows it): new-api #4541.
+    affinity: { rules: defaultAffinityRules().map((r) => ({ ...r, skipRetryOnFailure: false })) },
+    retry: { times: 2 },
+    // With the demo channels, a channel failing 3 times within 60 s rests for 30 s. Off for env
+    // channels, so every request of a benchmark takes the same path.
+    health: fromEnv ? {} : { cooldown: {} },
+    traceHeader: trace,
+  });
+  const fwd = relay();
+
+  const app = express();
+  app.disable('x-powered-by');
+  app.set('etag', false);
+  app.get('/healthz', (_req, res) => {
+    res.json({ status: 'ok' });
+  });
+  const auth = authStub(env.TOKENS_FILE || path.join(__dirname, 'tokens.json'));
+  app.get('/v1/models', auth, (_req, res) => {
+    const token = res.locals.token as RequestContext;
+    const group = token.group ?? 'default';
+    const ids = new Set<string>();
+    for (const c of mw.registry.list()) {
+      if (!c.groups.includes(group)) continue;
+      for (const m of c.models) if (!token.modelLimits || token.modelLimits.includes(m)) ids.add(m);
+    }
+    res.json({ object: 'list', data: [...ids].sort().map((id) => ({ id, object: 'model', created: 0, owned_by: 'gateway' })) });
+  });
+  app.use('/v1', auth, mw);
+  app.post(RELAY_PATHS, fwd);
+  app.use((_req: Request, res: Response) => openAiError(res, 404, 'Not found', 'invalid_request_error', 'not_found'));
+
+  let server: Server;
+  try {
+    server = await new Promise<Server>((resolve, reject) => {
+      const s = app.listen(port, host);
+      s.once('listening', () => resolve(s));
+      s.once('error', reject);
+    });
+  } catch (e) {
+    await Promise.all([closeMocks(), fwd.close(), mw.shutdown()]);
+    throw e;
+  }
+  // longer than the clients' idle timeouts, so a keep-alive client never races a server-side close
+  server.keepAliveTimeout = 65_000;
+  server.headersTimeout = 66_000;
+  const actual = (server.address() as AddressInfo).port;
+  const url = `http://${host}:${actual}`;
+
+  const json = `-H 'Content-Type: application/json'`;
+  const curls = [
+    `curl -s ${url}/v1/chat/completions -H 'Authorization: Bearer sk-demo-alice' ${json} -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello!"}]}'`,
+    `curl -s ${url}/v1/responses -H 'Authorization: Bearer sk-demo-alice' ${json} -d '{"model":"gpt-4o-mini","input":"Hello!","prompt_cache_key":"demo-session-1"}'`,
+    `curl -si ${url}/v1/chat/completions -H 'Authorization: Bearer sk-demo-failover' ${json} -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello!"}]}'`,
+  ];
+
+  let closing: Promise<void> | undefined;
+  const close = () =>
+    (closing ??= (async () => {
+      await new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeIdleConnections();
+        setTimeout(() => server.closeAllConnections(), 2000).unref();
+      });
+      await Promise.all([fwd.close(), mw.shutdown(), closeMocks()]);
+    })());
+
+  return { url, port: actual, server, mocks, distributor: mw, relay: fwd, curls, close };
+}
+
+function banner(gw: Gateway, fromEnv: boolean): string {
+  const lines = [`express-channel-distributor example gateway listening on ${gw.url} (memory store)`];
+  if (fromEnv) {
+    lines.push(`channels from env: ${gw.distributor.registry.list().map((c) => `${c.id}:${c.groups.join('|')}`).join(' ')}`);
+    return lines.join('\n');
+  }
+  lines.push(`built-in mock upstreams: ${Object.values(gw.mocks).map((m) => `${m.name} ${m.url}`).join(', ')}`);
+  lines.push('', 'Try:');
+  lines.push('  # plain: a weighted pick among the top-priority channels (flaky answers 429 every 2nd time: retried elsewhere)');
+  lines.push(`  ${gw.curls[0]}`);
+  lines.push('  # sticky session: repeat it, the same channel answers ("Hello from ...")');
+  lines.push(`  ${gw.curls[1]}`);
+  lines.push('  # failover: dead (500) -> offline (connection refused) -> rescue; see the x-distributor-trace header');
+  lines.push(`  ${gw.curls[2]}`);
+  return lines.join('\n');
+}
+
+if (require.main === module) {
+  startGateway().then(
+    (gw) => {
+      console.log(banner(gw, Boolean(process.env.CHANNELS || process.env.FALLBACK_CHANNELS)));
+      const stop = () => {
+        const force = setTimeout(() => process.exit(0), 5000);
+        force.unref();
+        gw.close().then(() => process.exit(0), () => process.exit(1));
+      };
+      process.once('SIGTERM', stop);
+      process.once('SIGINT', stop);
+    },
+    (err: unknown) => {
+      console.error(`gateway failed to start: ${err instanceof Error ? err.message : String(err)}`);
+      process.exit(1);
+    },
+  );
+}
