@@ -84,6 +84,18 @@ describe('example gateway, channels.json with built-in mocks', () => {
     expect(r.status).toBe(200);
     expect(r.text.trim().endsWith('data: [DONE]')).toBe(true);
   });
+
+  test('/metrics exposes the distributor metrics after the traffic above', async () => {
+    const r = await request(`${gw.url}/metrics`, { dispatcher: client });
+    expect(r.statusCode).toBe(200);
+    const text = await r.body.text();
+    expect(text).toMatch(/^# HELP \w+/m);
+    // selections were counted for the requests above, with low-cardinality labels only
+    const selections = text.split('\n').filter((l) => /selections?_total\{/.test(l));
+    expect(selections.length).toBeGreaterThan(0);
+    expect(text).not.toContain('demo-session-1');
+    expect(text).not.toContain('sk-demo');
+  });
 });
 
 describe('example gateway, env channels (as the bench harness starts it)', () => {

@@ -20,8 +20,9 @@ export function createRuntime(cfg: Config): Runtime {
   const guard = new StoreGuard(cfg);
   const health = new HealthBook(cfg, cfg.registry, guard);
   const logger = cfg.logger as { isDebugEnabled?: () => boolean; level?: string };
-  // Per-request debug lines only when the logger says debug is on (winston's isDebugEnabled(), or
-  // a `level` of debug/silly); `console` has no level, so it gets no per-request lines.
-  const debug = typeof cfg.logger.debug === 'function' && (typeof logger.isDebugEnabled === 'function' ? logger.isDebugEnabled() : logger.level === 'debug' || logger.level === 'silly');
+  // Per-request debug lines only when the logger says debug is on: winston's isDebugEnabled(), a
+  // `level` of debug/silly, or a custom logger without levels. `console` gets none (stdout noise).
+  const debug = typeof cfg.logger.debug === 'function' && cfg.logger !== console &&
+    (typeof logger.isDebugEnabled === 'function' ? logger.isDebugEnabled() : logger.level === undefined || logger.level === 'debug' || logger.level === 'silly');
   return { cfg, registry: cfg.registry, health, keys: new KeyPicker(cfg.random), guard, counters: { active: 0, retrying: 0 }, debug };
 }

@@ -265,7 +265,7 @@ export function runValidations(cfg: Config, options: DistributorOptions): () => 
   users.set(cfg.registry, (users.get(cfg.registry) ?? 0) + 1);
   const unwatch = enabled('zeroWeightTier')
     ? cfg.registry.onChange((change) => {
-      if (change.type === 'reload') check('zeroWeightTier', () => checkZeroWeightTiers(warn, cfg.registry));
+      if (change.type === 'reload' || change.type === 'upsert') check('zeroWeightTier', () => checkZeroWeightTiers(warn, cfg.registry));
     })
     : () => undefined;
   let released = false;

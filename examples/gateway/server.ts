@@ -19,8 +19,9 @@ import { readFileSync } from 'node:fs';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
+import { Registry } from 'prom-client';
 import {
-  ChannelRegistry, MemoryStore, defaultAffinityRules, distributor, relay,
+  ChannelRegistry, MemoryStore, defaultAffinityRules, distributor, distributorMetrics, relay,
   type ChannelInput, type DistributorHandler, type RelayHandler, type RequestContext,
 } from '../../lib';
 import { closedPortUrl, startMockUpstream, type MockBehaviour, type MockUpstream } from './mock-upstream';
@@ -139,7 +140,11 @@ export async function startGateway(options: GatewayOptions = {}): Promise<Gatewa
   }
   const trace = env.TRACE !== undefined ? env.TRACE === '1' : !fromEnv;
 
+  // Prometheus metrics from the distributor's hooks, on a registry of this gateway's own.
+  const metricsRegistry = new Registry();
+  const metrics = distributorMetrics({ registry: metricsRegistry });
   const mw = distributor({
+    on: metrics.hooks,
     channels: new ChannelRegistry(channels),
     store: new MemoryStore(),
     // Unlike the reference's default, a failing pinned session may move to another channel
@@ -158,6 +163,9 @@ export async function startGateway(options: GatewayOptions = {}): Promise<Gatewa
   app.set('etag', false);
   app.get('/healthz', (_req, res) => {
     res.json({ status: 'ok' });
+  });
+  app.get('/metrics', (_req, res, next) => {
+    metricsRegistry.metrics().then((text) => res.type(metricsRegistry.contentType).send(text), next);
   });
   const auth = authStub(env.TOKENS_FILE || path.join(__dirname, 'tokens.json'));
   app.get('/v1/models', auth, (_req, res) => {
