@@ -255,7 +255,7 @@ describe('after the commit point', () => {
     expect(other.stats.hits).toBe(0); // no retry after the commit point
     expect(gw.errors).toMatchObject([{ channelId: 1, code: 'stream_interrupted', committed: true }]);
     // the distributor saw a failure: attempt recorded, health fed (cooldown after one failure)
-    expect(gw.last().attempts).toEqual([{ channelId: 1, phase: 'upstream', status: 502 }]);
+    expect(gw.last().attempts).toEqual([{ channelId: 1, phase: 'upstream', reason: 'Upstream stream was interrupted; the response is incomplete' }]);
     await new Promise((r2) => setTimeout(r2, 20));
     expect(gw.mw.isCoolingDown(1)).toBe(true);
     const next = await post(gw.url, chat({ stream: true }));

@@ -358,9 +358,14 @@ describe('stop reasons', () => {
     up.always(1, 500);
     const first = post({ 'x-hold': '1' }).then((r) => r);
     await held;
-    const second = await post().expect(500);
+    let second;
+    try {
+      second = await post();
+    } finally {
+      release();
+    }
+    expect(second.status).toBe(500);
     expect(second.body).toMatchObject({ upstream: [1], stopReason: 'budget' });
-    release();
     const r1 = await first;
     expect(r1.status).toBe(200);
     expect(r1.body.upstream).toEqual([1, 2]);

@@ -194,6 +194,11 @@ export interface Distribution {
    * as `res.locals.channel`) or null when no further attempt is allowed (`stopReason` says why).
    */
   retry(failure?: RetryFailure): Promise<Channel | null>;
+  /**
+   * Reports a failure of the current channel that must not be retried (a stream cut after the
+   * response was committed): the attempt, health and pin clearing are recorded, nothing is picked.
+   */
+  fail(failure?: RetryFailure): Promise<void>;
 }
 
 export interface ExtractedRequest {

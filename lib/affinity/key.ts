@@ -7,7 +7,7 @@ import { queryParam } from '../request/extract';
 import type { RequestContext } from '../types';
 import type { CompiledRule, CompiledSource } from './rules';
 
-/** Values are matched against `valueRegex` only up to this many characters. */
+/** Values are matched against `valueRegex` only up to this many characters; longer models and paths match no rule. */
 export const MAX_MATCHED_VALUE = 1024;
 
 export interface AffinityMatch {
@@ -54,6 +54,11 @@ function sourceValue(s: CompiledSource, input: KeyInput): string {
 
 function ruleMatches(rule: CompiledRule, input: KeyInput): boolean {
   if (rule.neverMatches) return false;
+  // The model and the path are the caller's: operator patterns never run over more than
+  // MAX_MATCHED_VALUE characters of them (an unanchored `gpt-.*-mini` is quadratic in the
+  // length of a hostile model). No real model or API path is that long: such a request has no
+  // affinity and goes on to normal selection.
+  if (input.model.length > MAX_MATCHED_VALUE || input.path.length > MAX_MATCHED_VALUE) return false;
   if (!rule.modelRegex.some((r) => r.test(input.model))) return false;
   if (rule.pathRegex && !rule.pathRegex.some((r) => r.test(input.path))) return false;
   if (rule.userAgentInclude) {

@@ -44,6 +44,8 @@ export class HealthBook {
   /** Cooldowns counted locally while the store was unreachable (no snapshot erases them). */
   private localCooldowns = new Set<number>();
   private localFailures = new Map<number, { count: number; since: number }>();
+  /** Channels this instance saw fail within the cooldown window (a success then resets the count). */
+  private recentFailures = new Map<number, number>();
   /** Local status/key changes not yet confirmed by the store: retried, and never reverted by a snapshot. */
   private pending = new Map<number, { status?: ChannelStatus | null; disabledKeys?: number[]; version: number }>();
   private version = 0;
@@ -271,6 +273,7 @@ export class HealthBook {
     if (autoDisable && ch.autoBan && this.shouldDisable(failure)) this.disable(ch, keyIndex);
     if (cooldown && countsAsFailure(this.cfg.retry.statusTable, failure.status)) {
       const now = Date.now();
+      this.recentFailures.set(ch.id, now);
       const shared = await this.guard.run<number | null | 'unavailable'>('recordFailure', () => this.cfg.store.recordFailure(ch.id, cooldown, now), 'unavailable');
       // Store down: count locally, so a failing channel still cools down on this instance.
       const until = shared === 'unavailable' ? this.countLocally(ch.id, cooldown, now) : shared;
@@ -280,6 +283,21 @@ export class HealthBook {
         callHook(this.cfg, 'health', { channelId: ch.id, event: 'cooldown', until });
       }
     }
+  }
+
+  /**
+   * A success forgets the channel's counted failures, so a cooldown needs N failures in a row
+   * within the window. Only channels this instance saw fail recently cost a store call.
+   */
+  recordSuccess(ch: RegisteredChannel): void {
+    const cooldown = this.cfg.health.cooldown;
+    if (!cooldown) return;
+    const at = this.recentFailures.get(ch.id);
+    if (at === undefined) return;
+    this.recentFailures.delete(ch.id);
+    this.localFailures.delete(ch.id);
+    if (Date.now() - at > cooldown.windowMs || !this.cfg.store.recordSuccess) return;
+    void this.guard.run('recordSuccess', () => (this.cfg.store.recordSuccess as (id: number) => Promise<void>)(ch.id), undefined);
   }
 
   private countLocally(id: number, policy: { failures: number; windowMs: number; durationMs: number }, now: number): number | null {

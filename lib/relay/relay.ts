@@ -355,8 +355,9 @@ function pump(up: Dispatcher.ResponseData, res: Response, st: RunState, o: Resol
       }
       const message = f.code === 'upstream_timeout' ? `${f.message}; the response is incomplete` : 'Upstream stream was interrupted; the response is incomplete';
       callHook(o, { req, channelId: channel.id, attempt, code: 'stream_interrupted', message, committed: true });
-      // The wire status is already sent; this marks the request failed for the distributor's
-      // finish watcher (health, pin clearing) and for access logs.
+      // The wire status is already sent: report the failure to the distributor (health, pin
+      // clearing; no retry after the commit point) and mark it for access logs.
+      void (res.locals.distribution as Distribution | undefined)?.fail({ error: message });
       res.statusCode = 502;
       if (sse && up.headers['content-length'] === undefined && res.writable && !res.destroyed) {
         res.end(`event: error\ndata: ${relayErrorBody(message, 'stream_interrupted')}\n\n`);

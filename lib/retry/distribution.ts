@@ -61,6 +61,7 @@ export class RequestRun implements Distribution {
   private finished = false;
   private retrying = false;
   private lastSetupError?: string;
+  private wake?: () => void;
 
   constructor(
     private readonly rt: Runtime,
@@ -79,8 +80,8 @@ export class RequestRun implements Distribution {
   }
 
   /** The public fields only (no internals, no secrets), for logs and JSON responses. */
-  toJSON(): Omit<Distribution, 'retry'> {
-    const out: Omit<Distribution, 'retry'> = {
+  toJSON(): Omit<Distribution, 'retry' | 'fail'> {
+    const out: Omit<Distribution, 'retry' | 'fail'> = {
       selected: this.selected, model: this.model, group: this.group, selectedGroup: this.selectedGroup,
       tried: this.tried, attempts: this.attempts, trace: this.trace,
     };
@@ -203,26 +204,56 @@ export class RequestRun implements Distribution {
     return null;
   }
 
-  private async doRetry(failure: RetryFailure): Promise<Channel | null> {
-    const { cfg, health, counters } = this.rt;
-    const cur = this.current;
-    if (!cur || this.finished) return this.stop('no_channel', failure.status);
+  /**
+   * Records an upstream failure of the current channel: the attempt, health, and whether the pin
+   * must go. Returns undefined when this attempt's failure was already recorded.
+   */
+  private async noteFailure(cur: RegisteredChannel, failure: RetryFailure): Promise<{ status?: number; retryable: boolean } | undefined> {
+    if (this.toldFailure) return undefined;
     const status = typeof failure.status === 'number' ? failure.status : undefined;
     const reason = failure.error !== undefined ? this.redact(errorText(failure.error), cur).slice(0, 200) : undefined;
     this.attempts.push({ channelId: cur.id, phase: 'upstream', status, reason });
     this.trace.push(`upstream ${status ?? 'error'} ch=${cur.id}`);
     this.toldFailure = true;
     this.groupUpstream++;
-    const retryable = isRetryable(cfg.retry.statusTable, status);
+    const retryable = isRetryable(this.rt.cfg.retry.statusTable, status);
     if (retryable && this.affinity?.used && cur.id === this.pinnedId) this.pinFailed = true;
-    await health.recordFailure(cur, this.currentKeyIndex, { ...failure, status });
+    await this.rt.health.recordFailure(cur, this.currentKeyIndex, { ...failure, status });
+    return { status, retryable };
+  }
+
+  /**
+   * Reports a failure of the current channel that must not be retried, e.g. a stream cut after
+   * the response was committed: the attempt, health and pin clearing are recorded, no channel is
+   * picked. Calling it (or `retry()`) again for the same attempt records nothing more.
+   */
+  fail = (failure: RetryFailure = {}): Promise<void> => {
+    const cur = this.current;
+    if (!cur || this.finished) return Promise.resolve();
+    return this.noteFailure(cur, failure ?? {}).then(() => undefined);
+  };
+
+  private async doRetry(failure: RetryFailure): Promise<Channel | null> {
+    const { cfg, counters } = this.rt;
+    const cur = this.current;
+    if (!cur || this.finished) return this.stop('no_channel', failure.status);
+    const noted = await this.noteFailure(cur, failure);
+    // already reported (a second retry() or fail() for the same attempt): same answer, no new record
+    if (!noted) return this.stopReason ? null : this.stop('no_channel', failure.status);
+    const { status, retryable } = noted;
     if (this.specific) return this.stop('specific_channel', status);
     if (!retryable) return this.stop('status', status);
     if (this.affinity?.used && this.match?.rule.skipRetryOnFailure) return this.stop('skip_rule', status);
     if (this.upstreamRetries >= cfg.retry.times) return this.stop('times', status);
-    if (cfg.retry.budget && !this.retrying) {
-      const allowed = Math.max(cfg.retry.budget.minConcurrent, Math.floor((cfg.retry.budget.percent / 100) * counters.active));
-      if (counters.retrying >= allowed) return this.stop('budget', status);
+    const claimsBudget = !this.retrying;
+    if (claimsBudget) {
+      if (cfg.retry.budget) {
+        const allowed = Math.max(cfg.retry.budget.minConcurrent, Math.floor((cfg.retry.budget.percent / 100) * counters.active));
+        if (counters.retrying >= allowed) return this.stop('budget', status);
+      }
+      // claimed before any await, so concurrent retries cannot all pass the budget check
+      this.retrying = true;
+      counters.retrying++;
     }
     const groups = this.retryGroups();
     const startTier = cfg.retry.tierStrategy === 'descend' ? this.groupUpstream : 0;
@@ -230,17 +261,27 @@ export class RequestRun implements Distribution {
     // Setup failures here are bounded by the channel count (each channel is tried once).
     let ok = await this.selectWithFallback(Number.MAX_SAFE_INTEGER, 'retry', groups, startTier);
     if (!ok && this.canWaitFor(cur, failure.retryAfterMs)) {
-      await new Promise((r) => setTimeout(r, failure.retryAfterMs));
+      // the wait ends early when the client goes away (finalize wakes it)
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, failure.retryAfterMs);
+        this.wake = () => {
+          clearTimeout(t);
+          resolve();
+        };
+      });
+      this.wake = undefined;
       this.trace.push(`wait ${failure.retryAfterMs}ms ch=${cur.id}`);
       ok = this.current === cur && !this.finished;
       if (ok) this.toldFailure = false;
     }
-    if (!ok) return this.stop('no_channel', status);
-    this.upstreamRetries++;
-    if (!this.retrying) {
-      this.retrying = true;
-      counters.retrying++;
+    if (!ok) {
+      if (claimsBudget && !this.finished) {
+        this.retrying = false;
+        counters.retrying--;
+      }
+      return this.stop('no_channel', status);
     }
+    this.upstreamRetries++;
     const next = this.res.locals.channel as Channel;
     callHook(cfg, 'retry', { req: this.req, from, to: next.id, status, attempt: this.upstreamRetries });
     if (cfg.traceHeader && !this.res.headersSent) this.res.setHeader(TRACE_HEADER, traceHeaderValue(this.trace));
@@ -271,12 +312,16 @@ export class RequestRun implements Distribution {
     const { counters, cfg, guard, health } = this.rt;
     counters.active--;
     if (this.retrying) counters.retrying--;
+    this.wake?.();
     const cur = this.current;
     // A specific channel has no pin (match is unset) but its failures still feed health.
     if (!cur) return;
     const status = this.res.statusCode;
     const match = this.match;
-    if (finished && status < 400) {
+    // A last attempt reported as failed (retry() gave up, or fail() after the commit point) is a
+    // failure even when the wire status, already sent, says 200.
+    if (finished && status < 400 && !this.toldFailure) {
+      health.recordSuccess(cur);
       if (!match) return;
       const aff = cfg.affinity;
       let target = aff.switchOnSuccess ? cur.id : this.firstChosen ?? cur.id;
@@ -293,7 +338,9 @@ export class RequestRun implements Distribution {
       void guard.run('setPin', () => cfg.store.setPin(match.key, target, match.rule.ttlMs), undefined);
       return;
     }
-    if (finished && !this.toldFailure) {
+    // A response that finished with a failure status, or was cut after its headers with one (a
+    // relay marking a broken stream), counts as a failure of the last channel unless reported.
+    if ((finished || (this.res.headersSent && status >= 500)) && !this.toldFailure) {
       const retryable = isRetryable(cfg.retry.statusTable, status);
       if (retryable && this.affinity?.used && cur.id === this.pinnedId) this.pinFailed = true;
       this.attempts.push({ channelId: cur.id, phase: 'upstream', status });

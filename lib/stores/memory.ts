@@ -69,6 +69,10 @@ export class MemoryStore implements Store {
     return until;
   }
 
+  async recordSuccess(channelId: number): Promise<void> {
+    this.failures.delete(channelId);
+  }
+
   async clearCooldown(channelId: number): Promise<void> {
     this.cooldowns.delete(channelId);
     this.failures.delete(channelId);

@@ -222,6 +222,10 @@ export class RedisStore implements Store {
     return replyInt(reply);
   }
 
+  async recordSuccess(channelId: number): Promise<void> {
+    await this.guarded('recordSuccess', () => this.send(['HDEL', this.health.fail, String(channelId)], this.health.fail, false));
+  }
+
   async clearCooldown(channelId: number): Promise<void> {
     const event: StoreEvent = { type: 'cooldown', channelId, until: 0 };
     await this.guarded('clearCooldown', () => this.evalScript(

@@ -44,6 +44,8 @@ export interface Store {
   recordFailure(channelId: number, policy: CooldownPolicy, now: number): Promise<number | null>;
   /** Records (or with `null`/`[]` removes) a status or disabled-keys override, and tells other instances. */
   setOverride(channelId: number, patch: { status?: ChannelStatus | null; disabledKeys?: number[] }): Promise<void>;
+  /** Forgets a channel's counted failures after a success (optional; without it failures only age out). */
+  recordSuccess?(channelId: number): Promise<void>;
   /** Ends a channel's cooldown now. */
   clearCooldown?(channelId: number): Promise<void>;
   /** Every current cooldown and override. */
