@@ -1,8 +1,10 @@
 // Shared pieces of the reliability suites (issue #7): planted secrets and the leak check, a raw
 // HTTP sender that writes exactly the bytes a case asks for, the OpenAI error-shape check, and a
 // prototype snapshot for the pollution checks.
+import { EventEmitter } from 'node:events';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import type { Channel, Distribution, RequestContext } from '../../lib';
 import { runtimeOf, type DistributorHandler } from '../../lib/distributor';
 
 // ---- planted secrets ------------------------------------------------------------------------
@@ -177,4 +179,88 @@ export function percentile(values: number[], p: number): number {
   if (values.length === 0) return 0;
   const s = [...values].sort((a, b) => a - b);
   return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))];
+}
+
+// ---- in-process invocation (no sockets: for properties that need thousands of requests) ------
+
+export interface FakeRes extends EventEmitter {
+  locals: Record<string, unknown> & { channel?: Channel; distribution?: Distribution };
+  statusCode: number;
+  headersSent: boolean;
+  writableFinished: boolean;
+  body?: unknown;
+  headers: Record<string, unknown>;
+  setHeader(name: string, value: unknown): FakeRes;
+  getHeader(name: string): unknown;
+  status(code: number): FakeRes;
+  json(body: unknown): FakeRes;
+  /** Ends the response with `status` (the distributor's finish watcher records pins and health). */
+  finish(status: number): void;
+}
+
+export interface Invocation {
+  /** True when the distributor called next() (a channel was chosen), false when it answered. */
+  next: boolean;
+  req: EventEmitter & { headers: Record<string, string>; body: unknown };
+  res: FakeRes;
+}
+
+/**
+ * Runs the middleware on an in-memory request whose body is already parsed (as after
+ * express.json()), resolving when it calls next() or answers.
+ */
+export function invoke(mw: DistributorHandler, opts: { path?: string; headers?: Record<string, string>; body?: Record<string, unknown>; ctx?: RequestContext }): Promise<Invocation> {
+  const path = opts.path ?? '/v1/chat/completions';
+  const req = Object.assign(new EventEmitter(), {
+    method: 'POST', url: path, originalUrl: path, headers: { 'content-type': 'application/json', ...opts.headers },
+    body: opts.body ?? {}, _body: true, readableEnded: true, query: {},
+  });
+  const res = Object.assign(new EventEmitter(), {
+    locals: { token: opts.ctx ?? {} } as FakeRes['locals'],
+    statusCode: 200,
+    headersSent: false,
+    writableFinished: false,
+    headers: {} as Record<string, unknown>,
+    setHeader(this: FakeRes, name: string, value: unknown) { this.headers[name.toLowerCase()] = value; return this; },
+    getHeader(this: FakeRes, name: string) { return this.headers[name.toLowerCase()]; },
+    status(this: FakeRes, code: number) { this.statusCode = code; return this; },
+    json(this: FakeRes, body: unknown) { this.body = body; this.finish(this.statusCode); return this; },
+    finish(this: FakeRes, status: number) {
+      if (this.writableFinished) return;
+      this.statusCode = status;
+      this.headersSent = true;
+      this.writableFinished = true;
+      this.emit('finish');
+      this.emit('close');
+    },
+  }) as FakeRes;
+  (req as unknown as { res: FakeRes }).res = res;
+  return new Promise((resolve, reject) => {
+    res.once('finish', () => resolve({ next: false, req, res }));
+    mw(req as never, res as never, (err?: unknown) => (err ? reject(err) : resolve({ next: true, req, res })));
+  });
+}
+
+/** A small seeded PRNG (mulberry32) in [0, 1). */
+export function seeded(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** Upper quantile of the chi-square distribution (Wilson–Hilferty), e.g. z = 4.7534 for p = 1e-6. */
+export function chiSquareCritical(df: number, z = 4.7534): number {
+  const a = 2 / (9 * df);
+  return df * Math.pow(1 - a + z * Math.sqrt(a), 3);
+}
+
+/** Pearson's chi-square statistic of observed counts against expected probabilities. */
+export function chiSquare(observed: number[], probabilities: number[]): number {
+  const n = observed.reduce((s, x) => s + x, 0);
+  return observed.reduce((s, o, i) => s + ((o - n * probabilities[i]) ** 2) / (n * probabilities[i]), 0);
 }
