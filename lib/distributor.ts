@@ -64,14 +64,8 @@ async function distribute(rt: Runtime, req: Request, res: Response): Promise<'ne
   const run = new RequestRun(rt, req, res, routing.ctx, parsed.model, routing.group, routing.groups, routing.specificChannelId !== undefined);
   res.locals.distribution = run;
   rt.counters.active++;
-  let finalized = false;
-  const finalize = (finished: boolean) => {
-    if (finalized) return;
-    finalized = true;
-    run.finalize(finished);
-  };
-  res.once('finish', () => finalize(true));
-  res.once('close', () => finalize(res.writableFinished));
+  // 'close' follows 'finish' on every response and also covers a connection closed early.
+  res.once('close', () => run.finalize(res.writableFinished));
   if (routing.specificChannelId !== undefined) return specificChannel(rt, run, req, res, parsed, routing.specificChannelId);
   if (!parsed.model) return new DistributorError('model_required', 'Model name not specified, model name cannot be empty', 400);
   let ok = cfg.affinity.enabled && cfg.affinity.rules.length > 0 && (await usePin(rt, run, req, res, parsed));
@@ -101,7 +95,7 @@ async function specificChannel(rt: Runtime, run: RequestRun, req: Request, res: 
     return new DistributorError('channel_setup_failed', `Channel ${id} could not be set up: ${last}`, 503);
   }
   run.trace.push(`specific ch=${id}`);
-  callHook(rt.cfg, 'select', { req, channel: req.res?.locals.channel as Channel, group: run.group, model: run.model, reason: 'specific' });
+  callHook(rt.cfg, 'select', { req, channel: res.locals.channel as Channel, group: run.group, model: run.model, reason: 'specific' });
   return 'next';
 }
 
