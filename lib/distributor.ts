@@ -120,7 +120,7 @@ export function distributor(options: DistributorOptions): DistributorHandler {
   rt.health.start();
 
   const handler = function distributorMiddleware(req: Request, res: Response, next: NextFunction): void {
-    markStart(req);
+    if (cfg.on.select) markStart(req); // only the select hook reads it (elapsedMs)
     distribute(rt, req, res).then(
       (out) => {
         if (out === 'next') next();

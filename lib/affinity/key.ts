@@ -10,14 +10,20 @@ import type { CompiledRule, CompiledSource } from './rules';
 /** Values are matched against `valueRegex` only up to this many characters; longer models and paths match no rule. */
 export const MAX_MATCHED_VALUE = 1024;
 
-export interface AffinityMatch {
-  rule: CompiledRule;
-  /** The store key (hashed; never the raw value). */
-  key: string;
-  /** A short non-reversible fingerprint for logs and hooks. */
-  fingerprint: string;
-  /** The raw value: used only to redact it from error messages; never logged or stored. */
-  rawValue: string;
+export class AffinityMatch {
+  private fp?: string;
+  constructor(
+    readonly rule: CompiledRule,
+    /** The store key (hashed; never the raw value). */
+    readonly key: string,
+    /** The raw value: used only to redact it from error messages; never logged or stored. */
+    readonly rawValue: string,
+  ) {}
+
+  /** A short non-reversible fingerprint for logs and hooks (computed only when asked for). */
+  get fingerprint(): string {
+    return (this.fp ??= fingerprint(this.rawValue));
+  }
 }
 
 export interface KeyInput {
@@ -103,7 +109,7 @@ export function matchAffinity(rules: readonly CompiledRule[], input: KeyInput): 
       caller,
       value,
     ].join('\u0000');
-    return { rule, key: `aff:${rulePart(rule)}:${hash(scope)}`, fingerprint: fingerprint(value), rawValue: value };
+    return new AffinityMatch(rule, `aff:${rulePart(rule)}:${hash(scope)}`, value);
   }
   return undefined;
 }

@@ -35,7 +35,7 @@ export async function usePin(rt: Runtime, run: RequestRun, req: Request, res: Re
   const pinned = await rt.guard.run('getPin', () => cfg.store.getPin(match.key, match.rule.ttlMs), null);
   if (pinned === null || pinned === undefined) {
     run.trace.push(`affinity:miss rule=${match.rule.name}`);
-    callHook(cfg, 'affinityMiss', { req, rule: match.rule.name, fingerprint: match.fingerprint });
+    if (cfg.on.affinityMiss) callHook(cfg, 'affinityMiss', { req, rule: match.rule.name, fingerprint: match.fingerprint });
     return false;
   }
   info.hit = true;
@@ -46,7 +46,7 @@ export async function usePin(rt: Runtime, run: RequestRun, req: Request, res: Re
   else if (await run.trySetup(checked.ch, checked.group)) {
     info.used = true;
     run.trace.push(`affinity:hit ch=${pinned}`);
-    callHook(cfg, 'affinityHit', { req, rule: match.rule.name, channelId: pinned, fingerprint: match.fingerprint });
+    if (cfg.on.affinityHit) callHook(cfg, 'affinityHit', { req, rule: match.rule.name, channelId: pinned, fingerprint: match.fingerprint });
     callHook(cfg, 'select', { req, channel: res.locals.channel as Channel, group: checked.group, model: run.model, reason: 'affinity' });
     return true;
   } else stale = 'setup_failed';

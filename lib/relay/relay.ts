@@ -232,6 +232,15 @@ function clientErrorBody(f: Failure, status: number): string {
   return relayErrorBody(f.message, `upstream_${status}`);
 }
 
+/**
+ * The request's raw affinity value(s), which an upstream may echo in an error body: kept out of
+ * `onUpstreamError` messages and `retry()` reasons like the caller's credentials.
+ */
+function affinityValues(d: Distribution | undefined): string[] {
+  const run = d as { match?: { rawValue?: unknown }; secrets?: unknown[] } | undefined;
+  return [run?.match?.rawValue, ...(run?.secrets ?? [])].filter((v): v is string => typeof v === 'string' && v.length >= 4);
+}
+
 /** Reads at most `limit` bytes of an error body; the rest is discarded with the connection. */
 function readBounded(body: Readable, limit: number): Promise<string> {
   return new Promise((resolve) => {
@@ -410,7 +419,7 @@ async function attemptOnce(req: Request, res: Response, o: Resolved, st: RunStat
     return null;
   }
   if (up.statusCode >= 400) {
-    st.secrets ??= callerSecrets(req.headers);
+    st.secrets ??= [...callerSecrets(req.headers), ...affinityValues(res.locals.distribution)];
     const secrets = channel.key ? [channel.key, ...st.secrets] : st.secrets;
     const text = scrub(await readBounded(up.body, o.errorBodyLimit), secrets);
     const ra = up.headers['retry-after'];
