@@ -307,3 +307,27 @@ describe('documentation', () => {
     expect(missing).toEqual([]);
   });
 });
+
+describe('unsafeRegex', () => {
+  const rule = (modelRegex: string[], valueRegex?: string) => ({
+    name: 'r', modelRegex, keySources: [{ type: 'header' as const, key: 'x-s' }], ...(valueRegex ? { valueRegex } : {}),
+  });
+  test('nested quantifiers in a model or value pattern warn once, naming the rule and pattern', () => {
+    const log = memoryLogger();
+    make({ channels: [{ id: 1, models: 'gpt-4o' }], affinity: { rules: [rule(['^gpt-.*$'], '^(a+)+$')] } }, log);
+    expect(codes(log as MemLogger)).toContainEqual(['warn', 'WRN_DIST_UNSAFE_REGEX']);
+    expect(messages(log as MemLogger, 'WRN_DIST_UNSAFE_REGEX').join('\n')).toContain('"r"');
+    expect(messages(log as MemLogger, 'WRN_DIST_UNSAFE_REGEX').join('\n')).toContain('(a+)+');
+  });
+  test('ordinary patterns, including the default rules, do not warn', () => {
+    const log = memoryLogger();
+    make({ channels: [{ id: 1, models: 'gpt-4o' }], affinity: { rules: [rule(['^gpt-.*$', '^(sess-)+\\d+$'])] } }, log);
+    make({ channels: [{ id: 1, models: 'gpt-4o' }] }, log);
+    expect(codes(log as MemLogger).filter(([, c]) => c === 'WRN_DIST_UNSAFE_REGEX')).toEqual([]);
+  });
+  test('can be switched off by name', () => {
+    const log = memoryLogger();
+    make({ channels: [{ id: 1, models: 'gpt-4o' }], affinity: { rules: [rule(['^(\\w+\\s?)*$'])] }, validate: { unsafeRegex: false } }, log);
+    expect(codes(log as MemLogger).filter(([, c]) => c === 'WRN_DIST_UNSAFE_REGEX')).toEqual([]);
+  });
+});

@@ -230,7 +230,8 @@ export type ValidationName =
   | 'zeroWeightTier'
   | 'creationStack'
   | 'emptyChannels'
-  | 'ruleNeverMatches';
+  | 'ruleNeverMatches'
+  | 'unsafeRegex';
 
 /** A channel's health as this instance sees it (`handler.health(id)`, the admin helpers). */
 export interface ChannelHealth {

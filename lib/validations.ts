@@ -22,6 +22,7 @@ export const VALIDATION_CODES = {
   creationStack: 'ERR_DIST_CREATED_IN_REQUEST_HANDLER',
   emptyChannels: 'WRN_DIST_NO_CHANNELS',
   ruleNeverMatches: 'WRN_DIST_RULE_NEVER_MATCHES',
+  unsafeRegex: 'WRN_DIST_UNSAFE_REGEX',
 } as const satisfies { [K in ValidationName]: `${'WRN' | 'ERR'}_DIST_${string}` };
 
 export type ValidationCode = (typeof VALIDATION_CODES)[ValidationName];
@@ -192,6 +193,24 @@ function checkRules(warn: Warn, cfg: Config, userRules: boolean): void {
   }
 }
 
+/**
+ * A quantified group that itself contains a quantifier (`(a+)+`, `(.*x)*`, `(\w+\s?)*`) can
+ * backtrack exponentially. Values are bounded to 1,024 characters before matching, which caps the
+ * damage of a linear pattern but not of these: flag them at creation.
+ */
+const NESTED_QUANTIFIER = /\((?:[^()\\]|\\.)*[+*](?:[^()\\]|\\.)*\)(?:[+*]|\{\d+,\d*\})/;
+
+function checkUnsafeRegex(warn: Warn, cfg: Config): void {
+  for (const r of cfg.affinity.rules) {
+    const patterns = [...r.modelRegex, ...(r.pathRegex ?? []), ...(r.valueRegex ? [r.valueRegex] : [])];
+    for (const re of patterns) {
+      if (NESTED_QUANTIFIER.test(re.source)) {
+        warn('unsafeRegex', `${r.name}|${re.source}`, `affinity rule "${r.name}": pattern ${JSON.stringify(re.source)} nests quantifiers and may backtrack exponentially on hostile input; rewrite it without a quantified group that contains a quantifier`);
+      }
+    }
+  }
+}
+
 /** Created inside a request handler? (The stack holds the router's per-request layer call.) */
 function insideRequestHandler(): boolean {
   const limit = Error.stackTraceLimit;
@@ -258,6 +277,7 @@ export function runValidations(cfg: Config, options: DistributorOptions): () => 
   check('zeroWeightTier', () => checkZeroWeightTiers(warn, cfg.registry));
   check('affinityTtlBelowCooldown', () => checkTtlBelowCooldown(warn, cfg));
   check('ruleNeverMatches', () => checkRules(warn, cfg, isPlainObject(options.affinity) && options.affinity.rules !== undefined));
+  check('unsafeRegex', () => checkUnsafeRegex(warn, cfg));
 
   // Registrations that outlive the factory: the store's users, and re-checks on registry reloads.
   let users = storeUsers.get(cfg.store);

@@ -102,13 +102,10 @@ export function matchAffinity(rules: readonly CompiledRule[], input: KeyInput): 
     const caller = input.ctx.tokenId !== undefined && input.ctx.tokenId !== null && input.ctx.tokenId !== ''
       ? `t:${String(input.ctx.tokenId)}`
       : input.ctx.userId !== undefined && input.ctx.userId !== null && input.ctx.userId !== '' ? `u:${String(input.ctx.userId)}` : '';
-    const scope = [
-      rule.includeRuleName ? rule.name : '',
-      rule.includeModelName ? input.model : '',
-      rule.includeUsingGroup ? input.group : '',
-      caller,
-      value,
-    ].join('\u0000');
+    // Length-prefixed parts: no choice of model, group or value can forge another caller's scope.
+    const parts = [rule.includeRuleName ? rule.name : '', rule.includeModelName ? input.model : '', rule.includeUsingGroup ? input.group : '', caller, value];
+    let scope = '';
+    for (const p of parts) scope += `${p.length}:${p}`;
     return new AffinityMatch(rule, `aff:${rulePart(rule)}:${hash(scope)}`, value);
   }
   return undefined;
