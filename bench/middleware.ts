@@ -16,7 +16,11 @@ export async function runMiddlewareBench(): Promise<string> {
   const modes = (process.env.MODES ?? 'bare,memory,redis').split(',');
   const servers = [];
   let port = 18310;
-  for (const m of modes) servers.push(await start(m, script, port++, { MODE: m, REDIS_URL }));
+  // A mode may name another build: `memory@/path/to/dist` (before/after comparisons).
+  for (const m of modes) {
+    const [mode, dist] = m.split('@');
+    servers.push(await start(m, script, port++, { MODE: mode, REDIS_URL, ...(dist ? { DIST: dist } : {}) }));
+  }
   const results: Record<string, LoadResult[]> = Object.fromEntries(modes.map((m) => [m, []]));
   try {
     for (const s of servers) await load(s, { path: '/v1/responses', body, duration: 2, connections: CONNECTIONS }); // warm-up
@@ -41,7 +45,7 @@ export async function runMiddlewareBench(): Promise<string> {
   for (const m of modes) {
     const rs = results[m];
     const ratios = rs.map((x, i) => x.rps / results.bare[i].rps);
-    lines.push(`| ${m === 'bare' ? 'express.json() + reply' : `+ distributor (${m})`} | ${median(rs.map((x) => x.rps)).toFixed(0)} | ${median(ratios).toFixed(3)} | ${median(rs.map((x) => x.p50))} | ${median(rs.map((x) => x.p99))} | ${median(rs.map((x) => x.cpuUsPerReq)).toFixed(0)} |`);
+    lines.push(`| ${m === 'bare' ? 'express.json() + reply' : `+ distributor (${m.replace(/@.*\/([^/]+)\/dist$/, ' @ $1')})`} | ${median(rs.map((x) => x.rps)).toFixed(0)} | ${median(ratios).toFixed(3)} | ${median(rs.map((x) => x.p50))} | ${median(rs.map((x) => x.p99))} | ${median(rs.map((x) => x.cpuUsPerReq)).toFixed(0)} |`);
   }
   return lines.join('\n');
 }

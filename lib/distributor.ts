@@ -88,7 +88,7 @@ async function specificChannel(rt: Runtime, run: RequestRun, req: Request, res: 
   // No affinity here, but a value a rule would key on still stays out of setup error messages and logs.
   if (rt.cfg.affinity.enabled && rt.cfg.setup) {
     const m = matchAffinity(rt.cfg.affinity.rules, { req, res, model: run.model, path: parsed.path, group: run.group, ctx: run.ctx, body: parsed.body });
-    if (m) run.secrets.push(m.rawValue);
+    if (m) (run.secrets ??= []).push(m.rawValue);
   }
   if (!(await run.trySetup(ch, run.group))) {
     const last = run.attempts[run.attempts.length - 1]?.reason ?? 'setup failed';

@@ -3,7 +3,8 @@
 //   MODE=bare|memory|redis PORT=18300 [REDIS_URL=redis://127.0.0.1:6379] node bench/servers/middleware-app.cjs
 'use strict';
 const express = require('express');
-const { distributor, MemoryStore, RedisStore } = require('../../dist');
+// DIST points at another build (e.g. an older commit's dist/) for before/after comparisons.
+const { distributor, MemoryStore, RedisStore } = require(process.env.DIST || '../../dist');
 
 const MODE = process.env.MODE || 'bare';
 const PORT = Number(process.env.PORT || 18300);

@@ -1,6 +1,6 @@
 // Affinity key derivation: the first matching rule with a value decides; the value is bounded,
 // scoped by rule / model / group / caller, and hashed before it reaches a store.
-import { createHash } from 'node:crypto';
+import * as crypto from 'node:crypto';
 import type { Request, Response } from 'express';
 import { getNested, getPath, valueText } from '../request/json-path';
 import { queryParam } from '../request/extract';
@@ -74,13 +74,16 @@ function ruleMatches(rule: CompiledRule, input: KeyInput): boolean {
   return true;
 }
 
+/** `crypto.hash()` (Node >= 20.12): a one-shot digest without a Hash object per call. */
+const oneShot = (crypto as { hash?: (alg: string, data: string, enc: 'hex' | 'base64url') => string }).hash;
+
 function hash(text: string): string {
-  return createHash('sha256').update(text).digest('base64url');
+  return oneShot ? oneShot('sha256', text, 'base64url') : crypto.createHash('sha256').update(text).digest('base64url');
 }
 
 /** Short hex fingerprint of a value (for logs): not reversible, stable across instances. */
 export function fingerprint(value: string): string {
-  return createHash('sha256').update(value).digest('hex').slice(0, 12);
+  return (oneShot ? oneShot('sha256', value, 'hex') : crypto.createHash('sha256').update(value).digest('hex')).slice(0, 12);
 }
 
 /** Rule part of a key: the encoded rule name, or `_` when the rule does not include it. */

@@ -45,7 +45,7 @@ export class RequestRun implements Distribution {
 
   /** @internal */ match?: AffinityMatch;
   /** @internal more values to keep out of messages (e.g. the affinity value of a request that did no lookup) */
-  secrets: string[] = [];
+  secrets?: string[];
   /** @internal the channel id the pin pointed to, when there was a pin */
   pinnedId?: number;
   /** @internal the pinned channel failed with a retryable status */
@@ -53,7 +53,6 @@ export class RequestRun implements Distribution {
   /** @internal */ current?: RegisteredChannel;
   private currentKeyIndex?: number;
   private firstChosen?: number;
-  private triedSet = new Set<number>();
   private upstreamRetries = 0;
   /** upstream attempts made in the current `selectedGroup` ('descend' restarts at tier 0 in a new group) */
   private groupUpstream = 0;
@@ -97,21 +96,22 @@ export class RequestRun implements Distribution {
 
   /** Marks a channel as tried (it is never picked again in this request). */
   markTried(id: number): void {
-    if (!this.triedSet.has(id)) {
-      this.triedSet.add(id);
+    // `tried` stays short (attempts are bounded), so a scan beats a Set per request
+    if (!this.tried.includes(id)) {
       this.tried.push(id);
     }
   }
 
   isTried(id: number): boolean {
-    return this.triedSet.has(id);
+    return this.tried.includes(id);
   }
 
   /** Picks the next eligible, untried, not cooling channel over the given groups. */
   pick(groups: readonly string[], startTier = 0): { ch: RegisteredChannel; group: string } | undefined {
     const { registry, health, cfg } = this.rt;
     const now = Date.now();
-    const eligible = (id: number) => !this.triedSet.has(id) && !health.isCooling(id, now);
+    const tried = this.tried;
+    const eligible = (id: number) => !tried.includes(id) && !health.isCooling(id, now);
     for (const [i, g] of groups.entries()) {
       // `startTier` applies to the first (current) group; a group moved on to starts at its top tier
       const ch = selectChannel(registry.tiers(g, this.model), eligible, cfg.random, cfg.retry.tierStrategy, i === 0 ? startTier : 0);
@@ -183,7 +183,7 @@ export class RequestRun implements Distribution {
   /** Removes channel keys, the caller's credential headers and the raw affinity value from a message. */
   redact(message: string, ch?: RegisteredChannel): string {
     let out = message;
-    const secrets: string[] = [...this.secrets];
+    const secrets: string[] = this.secrets ? [...this.secrets] : [];
     if (ch) secrets.push(...ch.keys);
     if (this.match) secrets.push(this.match.rawValue);
     for (const h of AUTH_HEADERS) {
