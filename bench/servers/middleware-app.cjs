@@ -23,7 +23,13 @@ async function main() {
   const app = express();
   app.set('etag', false);
   app.use(express.json({ limit: '1mb' }));
+  // For the soak bench: heap after a full GC (when started with --expose-gc) and the pin count.
+  app.get('/__heap', (_req, res) => {
+    if (global.gc) global.gc();
+    res.json({ heapUsed: process.memoryUsage().heapUsed, rss: process.memoryUsage().rss, pins: memoryStore ? memoryStore.pinCount : null });
+  });
   let client;
+  let memoryStore;
   if (MODE !== 'bare') {
     let store;
     if (MODE === 'redis') {
@@ -33,7 +39,7 @@ async function main() {
       await client.connect();
       store = new RedisStore({ client, prefix: `ecd-bench-${process.pid}:` });
     } else {
-      store = new MemoryStore();
+      store = memoryStore = new MemoryStore();
     }
     // default affinity rules on (codex cli trace matches /v1/responses + prompt_cache_key)
     app.use(distributor({ channels, store, retry: { times: 2 } }));
