@@ -200,7 +200,7 @@ export class RequestRun implements Distribution {
     this.stopReason = reason;
     this.trace.push(`stop:${reason}`);
     callHook(this.rt.cfg, 'exhausted', { req: this.req, reason, tried: [...this.tried], status });
-    this.rt.cfg.logger.debug?.('retry stopped', { reason, tried: this.tried, status });
+    if (this.rt.debug) this.rt.cfg.logger.debug?.('retry stopped', { reason, tried: this.tried, status });
     return null;
   }
 
