@@ -2,37 +2,11 @@
 // REDIS_URL wins when set. Under CI=true a missing redis-server fails the run instead of skipping.
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 
 export const STATE_FILE = path.join(__dirname, '..', '..', '.tmp', 'redis-test.json');
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as net.AddressInfo;
-      srv.close(() => resolve(port));
-    });
-    srv.on('error', reject);
-  });
-}
-
-async function waitForPort(port: number, ms: number): Promise<void> {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    const ok = await new Promise<boolean>((resolve) => {
-      const s = net.connect(port, '127.0.0.1', () => {
-        s.end();
-        resolve(true);
-      });
-      s.on('error', () => resolve(false));
-    });
-    if (ok) return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`redis-server did not listen on ${port} within ${ms} ms`);
-}
+import { freePort, waitForPort } from './ports';
 
 export default async function globalSetup(): Promise<void> {
   mkdirSync(path.dirname(STATE_FILE), { recursive: true });

@@ -3,7 +3,7 @@
 // free ports (for kill/restart and cluster tests), and prefix-scoped cleanup.
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import net from 'node:net';
+import { freePort, waitForPort } from './ports';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe } from '@jest/globals';
@@ -43,32 +43,7 @@ export function hasRedisServer(): boolean {
   return paths.some((p) => existsSync(`${p}/redis-server`));
 }
 
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as net.AddressInfo;
-      srv.close(() => resolve(port));
-    });
-    srv.on('error', reject);
-  });
-}
-
-export async function waitForPort(port: number, ms: number): Promise<void> {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    const ok = await new Promise<boolean>((resolve) => {
-      const s = net.connect(port, '127.0.0.1', () => {
-        s.end();
-        resolve(true);
-      });
-      s.on('error', () => resolve(false));
-    });
-    if (ok) return;
-    await sleep(25);
-  }
-  throw new Error(`redis-server did not listen on ${port} within ${ms} ms`);
-}
+export { freePort, waitForPort };
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
