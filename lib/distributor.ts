@@ -39,10 +39,17 @@ export function runtimeOf(handler: DistributorHandler): Runtime | undefined {
 
 function sendError(cfg: Config, err: DistributorError, req: Request, res: Response, next: NextFunction): void {
   if (cfg.onError) {
-    try {
-      cfg.onError(err, req, res, next);
-    } catch (e) {
+    let nextCalled = false;
+    const guardedNext: NextFunction = (e?: unknown) => {
+      nextCalled = true;
       next(e);
+    };
+    try {
+      cfg.onError(err, req, res, guardedNext);
+    } catch (e) {
+      // a handler that already answered or called next() must not cause a second response
+      if (!nextCalled && !res.headersSent) next(e);
+      else cfg.logger.error('onError threw after handling the error', { error: e instanceof Error ? e.message : String(e) });
     }
     return;
   }
@@ -66,6 +73,8 @@ async function distribute(rt: Runtime, req: Request, res: Response): Promise<'ne
   rt.counters.active++;
   // 'close' follows 'finish' on every response and also covers a connection closed early.
   res.once('close', () => run.finalize(res.writableFinished));
+  // The client may have gone while the body or the context was awaited: 'close' already fired.
+  if (res.closed) run.finalize(res.writableFinished);
   if (routing.specificChannelId !== undefined) return specificChannel(rt, run, req, res, parsed, routing.specificChannelId);
   if (!parsed.model) return new DistributorError('model_required', 'Model name not specified, model name cannot be empty', 400);
   let ok = cfg.affinity.enabled && cfg.affinity.rules.length > 0 && (await usePin(rt, run, req, res, parsed));
@@ -86,7 +95,7 @@ async function specificChannel(rt: Runtime, run: RequestRun, req: Request, res: 
   if (!ch) return new DistributorError('invalid_channel_id', 'Invalid channel ID', 400);
   if (ch.status !== ChannelStatus.Enabled) return new DistributorError('channel_disabled', 'This channel has been disabled', 403);
   // No affinity here, but a value a rule would key on still stays out of setup error messages and logs.
-  if (rt.cfg.affinity.enabled && rt.cfg.setup) {
+  if (rt.cfg.affinity.enabled) {
     const m = matchAffinity(rt.cfg.affinity.rules, { req, res, model: run.model, path: parsed.path, group: run.group, ctx: run.ctx, body: parsed.body });
     if (m) (run.secrets ??= []).push(m.rawValue);
   }
@@ -103,6 +112,7 @@ function notSelected(rt: Runtime, req: Request, res: Response): RequestRun {
   const run = new RequestRun(rt, req, res, {}, '', '', [], false);
   rt.counters.active++;
   res.once('close', () => run.finalize(false));
+  if (res.closed) run.finalize(false);
   return run;
 }
 

@@ -26,7 +26,11 @@ export function callHook<K extends keyof DistributorHooks>(
   try {
     hook(event);
   } catch (e) {
-    cfg.logger.warn(`hook "${name}" threw`, { error: e instanceof Error ? e.message : String(e) });
+    try {
+      cfg.logger.warn(`hook "${name}" threw`, { error: e instanceof Error ? e.message : String(e) });
+    } catch {
+      /* neither a hook nor the logger may break a request or reject a background task */
+    }
   }
 }
 

@@ -28,7 +28,11 @@ export class StoreGuard {
       const suppressed = this.suppressed.get(operation) ?? 0;
       this.lastWarn.set(operation, now);
       this.suppressed.set(operation, 0);
-      this.cfg.logger.warn('store error: continuing without it', { operation, error: error.message, suppressed });
+      try {
+        this.cfg.logger.warn('store error: continuing without it', { operation, error: error.message, suppressed });
+      } catch {
+        /* a throwing logger must not turn a store error into an unhandled rejection */
+      }
     } else {
       this.suppressed.set(operation, (this.suppressed.get(operation) ?? 0) + 1);
     }

@@ -176,11 +176,15 @@ export class HealthBook {
 
   /** Re-reads every cooldown and override from the store (backstop for missed events). */
   async sync(): Promise<void> {
-    if (this.pending.size) await this.flushPending();
-    const started = Date.now();
-    const snap = await this.guard.run<HealthSnapshot | null>('loadHealth', () => this.cfg.store.loadHealth(), null);
-    if (!snap) return;
-    this.applySnapshot(snap, started);
+    try {
+      if (this.pending.size) await this.flushPending();
+      const started = Date.now();
+      const snap = await this.guard.run<HealthSnapshot | null>('loadHealth', () => this.cfg.store.loadHealth(), null);
+      if (snap && typeof snap === 'object') this.applySnapshot(snap, started);
+    } catch (e) {
+      // a malformed snapshot from a custom store: report it, never reject (sync runs unawaited)
+      this.guard.report('loadHealth', e);
+    }
   }
 
   /** Applies a snapshot read at `readAt` (what was learnt after that, or is still pending, is kept). */

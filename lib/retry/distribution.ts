@@ -61,6 +61,9 @@ export class RequestRun implements Distribution {
   private retrying = false;
   private lastSetupError?: string;
   private wake?: () => void;
+  /** the last group selection looked at (named in the 503 of an `auto` request) */
+  private lastGroup?: string;
+  private inflight?: Promise<Channel | null>;
 
   constructor(
     private readonly rt: Runtime,
@@ -90,7 +93,17 @@ export class RequestRun implements Distribution {
   }
 
   /** The relay's call after an upstream failure (bound, so it may be destructured). */
-  retry = (failure: RetryFailure = {}): Promise<Channel | null> => this.doRetry(failure ?? {});
+  retry = (failure: RetryFailure = {}): Promise<Channel | null> => {
+    // Overlapping calls for the same failure share one decision instead of racing each other.
+    if (this.inflight) return this.inflight;
+    const p = this.doRetry(failure ?? {});
+    this.inflight = p;
+    const clear = () => {
+      if (this.inflight === p) this.inflight = undefined;
+    };
+    p.then(clear, clear);
+    return p;
+  };
 
   // ---- selection and setup ------------------------------------------------------------------
 
@@ -114,6 +127,7 @@ export class RequestRun implements Distribution {
     const eligible = (id: number) => !tried.includes(id) && !health.isCooling(id, now);
     for (const [i, g] of groups.entries()) {
       // `startTier` applies to the first (current) group; a group moved on to starts at its top tier
+      this.lastGroup = g;
       const ch = selectChannel(registry.tiers(g, this.model), eligible, cfg.random, cfg.retry.tierStrategy, i === 0 ? startTier : 0);
       if (ch) return { ch, group: g };
     }
@@ -174,7 +188,7 @@ export class RequestRun implements Distribution {
 
   /** The 503 for a request that found no channel that sets up. */
   noChannelError(): DistributorError {
-    const shown = this.group === 'auto' ? `auto(${this.groups[this.groups.length - 1] ?? ''})` : this.group;
+    const shown = this.group === 'auto' ? `auto(${this.lastGroup ?? this.groups[this.groups.length - 1] ?? ''})` : this.group;
     const base = `No available channel for model ${this.model} under group ${shown}`;
     if (this.group === 'auto' && this.groups.length === 0) return new DistributorError('model_not_found', `${base}: auto groups is not enabled`, 503);
     return new DistributorError('model_not_found', this.lastSetupError ? `${base}; last setup error: ${this.lastSetupError}` : base, 503);
@@ -245,6 +259,9 @@ export class RequestRun implements Distribution {
     if (!retryable) return this.stop('status', status);
     if (this.affinity?.used && this.match?.rule.skipRetryOnFailure) return this.stop('skip_rule', status);
     if (this.upstreamRetries >= cfg.retry.times) return this.stop('times', status);
+    // The response finished while the failure was being recorded: finalize() already ran, so a
+    // budget claimed now would never be released (and no one is left to serve).
+    if (this.finished) return this.stop('no_channel', status);
     const claimsBudget = !this.retrying;
     if (claimsBudget) {
       if (cfg.retry.budget) {
