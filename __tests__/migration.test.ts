@@ -84,3 +84,21 @@ describe('affinityFromNewApi', () => {
     expect(() => affinityFromNewApi(bad)).toThrow(/weird.*\(\?s\)\^gpt/);
   });
 });
+
+describe('examples/migration (one command)', () => {
+  test('runs, keeps the sessions sticky and exits by itself', async () => {
+    const { execFile } = await import('node:child_process');
+    const path = await import('node:path');
+    const out = await new Promise<string>((resolve, reject) => {
+      execFile(process.execPath, ['--import', 'tsx', path.join(__dirname, '..', 'examples', 'migration', 'run.ts')], { timeout: 30_000 }, (err, stdout) => {
+        if (err) reject(err);
+        else resolve(stdout);
+      });
+    });
+    expect(out).toContain('"rule":"codex cli trace","hit":true,"used":true');
+    expect(out).toContain('"rule":"claude cli trace","hit":true,"used":true');
+    expect(out).toMatch(/auto group\s+200 .*"group":"vip"/);
+    expect(out).toContain('503');
+    expect(out).not.toMatch(/sk-(primary|pool|ant|old)/);
+  }, 40_000);
+});
