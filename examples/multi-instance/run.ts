@@ -1,10 +1,11 @@
-// Two gateway instances on one Redis: a session (same `prompt_cache_key`) stays on one channel
-// whichever instance serves it. Self-contained; exits by itself.
+// Two gateway processes on one Redis: a session (same `prompt_cache_key`) stays on one channel
+// whichever process serves it. Self-contained; starts both processes, exits by itself.
 //
 //   REDIS_URL=redis://127.0.0.1:6379 npx tsx examples/multi-instance/run.ts
 //
-// Each "gateway" is its own Express app with its own Redis clients, as two processes would be.
-// The relay is a stub that answers with the channel it was given (no upstream needed).
+// This script forks itself twice (`--serve NAME`): each child is one gateway process with its
+// own Redis clients. The relay is a stub that answers with the channel it was given.
+import { fork, type ChildProcess } from 'node:child_process';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import express from 'express';
@@ -62,8 +63,27 @@ async function startGateway(name: string): Promise<Gateway> {
   };
 }
 
+/** Child mode: serve one gateway, report its URL to the parent, stop on 'stop'. */
+async function serve(name: string): Promise<void> {
+  const gw = await startGateway(name);
+  process.send?.({ url: gw.url });
+  process.on('message', (m) => {
+    if (m === 'stop') void gw.close().then(() => process.exit(0));
+  });
+}
+
+/** Parent mode: fork two gateway processes and resolve once each has told its URL. */
+function spawnGateway(name: string): Promise<{ name: string; url: string; proc: ChildProcess }> {
+  const proc = fork(__filename, ['--serve', name], { execArgv: process.execArgv, stdio: 'inherit' });
+  return new Promise((resolve, reject) => {
+    proc.once('message', (m) => resolve({ name, url: (m as { url: string }).url, proc }));
+    proc.once('exit', (code) => reject(new Error(`${name} exited early (${code})`)));
+  });
+}
+
 async function main(): Promise<void> {
-  const gateways = [await startGateway('gateway-1'), await startGateway('gateway-2')];
+  const gateways = await Promise.all([spawnGateway('gateway-1'), spawnGateway('gateway-2')]);
+  console.log(gateways.map((g) => `${g.name}: pid ${g.proc.pid} at ${g.url}`).join('\n'));
   const session = `session-${Date.now()}`;
   let exitCode = 0;
   try {
@@ -87,12 +107,20 @@ async function main(): Promise<void> {
       : `UNEXPECTED: the session used ${[...served].join(', ')}`);
     if (served.size !== 1) exitCode = 1;
   } finally {
-    await Promise.all(gateways.map((g) => g.close()));
+    await Promise.all(gateways.map((g) => new Promise<void>((resolve) => {
+      g.proc.once('exit', () => resolve());
+      g.proc.send('stop');
+      setTimeout(() => {
+        g.proc.kill('SIGKILL');
+        resolve();
+      }, 5000).unref();
+    })));
   }
   process.exitCode = exitCode;
 }
 
-main().catch((e: unknown) => {
+const serveAt = process.argv.indexOf('--serve');
+(serveAt !== -1 ? serve(process.argv[serveAt + 1] ?? 'gateway') : main()).catch((e: unknown) => {
   console.error(e instanceof Error ? e.message : e);
-  process.exitCode = 1;
+  process.exit(1);
 });
