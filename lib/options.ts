@@ -53,6 +53,7 @@ export interface Config {
   health: {
     cooldown?: { failures: number; windowMs: number; durationMs: number };
     autoDisable?: { statusCodes: Set<number>; keywords: string[] };
+    probe?: { intervalMs: number; check: (channel: import('./types').Channel) => boolean | Promise<boolean> };
   };
   random: () => number;
   logger: Logger;
@@ -164,6 +165,13 @@ export function resolveOptions(options: DistributorOptions): Config {
       keywords: (ad.keywords ?? DEFAULT_DISABLE_KEYWORDS).map((k) => k.toLowerCase()).filter((k) => k),
     };
   }
+  let probe: Config['health']['probe'];
+  if (health.probe !== undefined) {
+    if (!health.probe || typeof health.probe !== 'object' || typeof health.probe.check !== 'function') {
+      throw configError('health.probe must be { check(channel) => boolean | Promise<boolean>, intervalMs? }');
+    }
+    probe = { intervalMs: positive('health.probe.intervalMs', health.probe.intervalMs, 60_000), check: health.probe.check };
+  }
   const logger = o.logger ?? createDefaultLogger();
   if (typeof logger.warn !== 'function' || typeof logger.error !== 'function') throw configError('options.logger must have warn() and error()');
   if (o.on !== undefined && (typeof o.on !== 'object' || o.on === null)) throw configError('options.on must be an object of hooks');
@@ -197,7 +205,7 @@ export function resolveOptions(options: DistributorOptions): Config {
       budget,
       maxRetryAfterMs: nonNegInt('retry.maxRetryAfterMs', retry.maxRetryAfterMs, 0),
     },
-    health: { cooldown, autoDisable },
+    health: { cooldown, autoDisable, probe },
     random: fn('options.random', o.random) ?? Math.random,
     logger,
     on: o.on ?? {},

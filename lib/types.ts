@@ -137,6 +137,12 @@ export interface HealthOptions {
   cooldown?: { failures?: number; windowMs?: number; durationMs?: number };
   /** `{}` means status 401 and the reference's keywords. Off unless given. */
   autoDisable?: { statusCodes?: number[]; keywords?: string[] };
+  /**
+   * Re-enables auto-disabled channels (status 3, never a manual 2) whose `check` resolves true,
+   * every `intervalMs` (default 60_000). Off unless given; without it, re-enable with
+   * `registry.setStatus(id, ChannelStatus.Enabled)`.
+   */
+  probe?: { intervalMs?: number; check: (channel: Channel) => boolean | Promise<boolean> };
 }
 
 /** A winston-compatible logger; `console` fits too. */
@@ -217,7 +223,7 @@ export interface DistributorHooks {
   retry?(e: { req: Request; from: number; to: number; status?: number; attempt: number }): void;
   exhausted?(e: { req: Request; reason: StopReason; tried: number[]; status?: number }): void;
   storeError?(e: { operation: string; error: Error }): void;
-  health?(e: { channelId: number; event: 'cooldown' | 'auto_disabled' | 'key_disabled'; until?: number; keyIndex?: number }): void;
+  health?(e: { channelId: number; event: 'cooldown' | 'auto_disabled' | 'key_disabled' | 're_enabled'; until?: number; keyIndex?: number }): void;
 }
 
 /** Names of the creation-time checks, for `validate: { name: false }` (codes in `VALIDATION_CODES`). */

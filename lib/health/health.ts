@@ -36,6 +36,8 @@ export class HealthBook {
   private statusOverrides = new Map<number, ChannelStatus>();
   private keyOverrides = new Map<number, number[]>();
   private timer?: NodeJS.Timeout;
+  private probeTimer?: NodeJS.Timeout;
+  private probing = false;
   private unsubscribe?: () => void;
   private unwatch?: () => void;
   private applyingRemote = false;
@@ -89,6 +91,10 @@ export class HealthBook {
       }
     }
     void this.sync();
+    if (this.cfg.health.probe) {
+      this.probeTimer = setInterval(() => void this.probeOnce().catch(() => undefined), this.cfg.health.probe.intervalMs);
+      this.probeTimer.unref();
+    }
     if (!store.localKeys || !store.subscribe) {
       this.timer = setInterval(() => void this.sync(), this.cfg.syncIntervalMs);
       this.timer.unref();
@@ -155,7 +161,39 @@ export class HealthBook {
     }
   }
 
+  /**
+   * One probe round: each auto-disabled channel (status 3) whose check resolves true is re-enabled
+   * (shared like any local status change). Manually disabled channels (2) are never probed.
+   */
+  async probeOnce(): Promise<number> {
+    const probe = this.cfg.health.probe;
+    if (!probe || this.probing) return 0;
+    this.probing = true;
+    let enabled = 0;
+    try {
+      for (const ch of this.registry.list()) {
+        if (ch.status !== ChannelStatus.AutoDisabled) continue;
+        let ok = false;
+        try {
+          ok = (await probe.check(ch.view)) === true;
+        } catch (e) {
+          this.cfg.logger.warn('health probe threw', { channelId: ch.id, error: e instanceof Error ? e.message : String(e) });
+        }
+        // re-read: the channel may have been changed or removed while the check ran
+        if (!ok || this.registry.get(ch.id)?.status !== ChannelStatus.AutoDisabled) continue;
+        this.registry.setStatus(ch.id, ChannelStatus.Enabled);
+        enabled++;
+        this.cfg.logger.warn('channel re-enabled by the health probe', { channelId: ch.id });
+        callHook(this.cfg, 'health', { channelId: ch.id, event: 're_enabled' });
+      }
+    } finally {
+      this.probing = false;
+    }
+    return enabled;
+  }
+
   stop(): void {
+    if (this.probeTimer) clearInterval(this.probeTimer);
     if (this.timer) clearInterval(this.timer);
     this.unsubscribe?.();
     this.unwatch?.();
