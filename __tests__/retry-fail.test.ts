@@ -5,6 +5,7 @@ import type { NextFunction, Request, Response } from 'express';
 import request from 'supertest';
 import { MemoryStore, type ChannelInput } from '../lib';
 import { createApp } from './helpers/create-app';
+import { abandonedPost } from './helpers/ports';
 
 const shutdowns: Array<() => Promise<void>> = [];
 afterEach(async () => {
@@ -107,16 +108,7 @@ describe('Retry-After wait', () => {
     const server = a.listen(0);
     shutdowns.push(() => new Promise((r) => server.close(() => r())));
     const port = (server.address() as import('node:net').AddressInfo).port;
-    const http = await import('node:http');
-    await new Promise<void>((resolve) => {
-      const req = http.request({ port, method: 'POST', path: '/v1/chat/completions', headers: { 'content-type': 'application/json' } });
-      req.on('error', () => resolve());
-      req.end(JSON.stringify({ model: 'gpt-5' }));
-      setTimeout(() => {
-        req.destroy();
-        resolve();
-      }, 150);
-    });
+    await abandonedPost(port, '/v1/chat/completions', { model: 'gpt-5' }, 150);
     const t0 = Date.now();
     while (waited < 0 && Date.now() - t0 < 4000) await new Promise((r) => setTimeout(r, 20));
     expect(waited).toBeGreaterThanOrEqual(100);

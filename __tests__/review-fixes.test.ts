@@ -7,6 +7,7 @@ import request from 'supertest';
 import { MemoryStore, type ChannelInput, type CooldownPolicy, type DistributorHandler } from '../lib';
 import { runtimeOf } from '../lib/distributor';
 import { createApp } from './helpers/create-app';
+import { abandonedPost } from './helpers/ports';
 import { sleep } from './helpers/fake-relay';
 
 const handlers: DistributorHandler[] = [];
@@ -78,15 +79,7 @@ describe('a client gone before the distributor registered its close listener', (
     const server = app.listen(0);
     servers.push(server);
     const { port } = server.address() as AddressInfo;
-    await new Promise<void>((resolve) => {
-      const req = http.request({ port, method: 'POST', path: '/v1/chat/completions', headers: { 'content-type': 'application/json' } });
-      req.on('error', () => resolve());
-      req.end(JSON.stringify({ model: 'gpt-5' }));
-      setTimeout(() => {
-        req.destroy();
-        resolve();
-      }, 40);
-    });
+    await abandonedPost(port, '/v1/chat/completions', { model: 'gpt-5' }, 40);
     await sleep(250);
     expect(runtimeOf(mw)!.counters.active).toBe(0);
   });

@@ -29,3 +29,20 @@ export async function waitForPort(port: number, ms: number): Promise<void> {
   }
   throw new Error(`nothing listened on ${port} within ${ms} ms`);
 }
+
+/**
+ * Sends a JSON POST to 127.0.0.1:port and abandons it after `afterMs` (the client goes away
+ * mid-request). Resolves once the socket is destroyed.
+ */
+export async function abandonedPost(port: number, path: string, body: unknown, afterMs: number): Promise<void> {
+  const http = await import('node:http');
+  await new Promise<void>((resolve) => {
+    const req = http.request({ port, method: 'POST', path, headers: { 'content-type': 'application/json' } });
+    req.on('error', () => resolve());
+    req.end(JSON.stringify(body));
+    setTimeout(() => {
+      req.destroy();
+      resolve();
+    }, afterMs);
+  });
+}
