@@ -1,13 +1,20 @@
 // In-process scaling micro-benchmarks (plain loops + process.hrtime): selection vs channel count,
 // affinity key derivation + body extraction vs body size, registry rebuild, pins in memory.
-// Run: npx tsx bench/micro.ts   (prints a markdown table; numbers are per operation)
+// Run: npm run build && node --expose-gc --import tsx bench/micro.ts   (markdown tables; numbers per operation)
 import type { Request, Response } from 'express';
-import { matchAffinity } from '../lib/affinity/key';
-import { compileRules, defaultAffinityRules } from '../lib/affinity/rules';
-import { ChannelRegistry } from '../lib/channels/registry';
-import { selectChannel } from '../lib/selection/select';
-import { MemoryStore } from '../lib/stores/memory';
 import type { ChannelInput } from '../lib/types';
+
+// The built package (dist/, plain tsc output) runs here, not the TypeScript sources through tsx:
+// tsx wraps every function it creates in a naming helper, which distorts per-call closures.
+/* eslint-disable @typescript-eslint/no-require-imports */
+const { matchAffinity } = require('../dist/affinity/key') as typeof import('../lib/affinity/key');
+const { compileRules, defaultAffinityRules } = require('../dist/affinity/rules') as typeof import('../lib/affinity/rules');
+const { ChannelRegistry } = require('../dist/channels/registry') as typeof import('../lib/channels/registry');
+const { selectChannel } = require('../dist/selection/select') as typeof import('../lib/selection/select');
+const { MemoryStore } = require('../dist/stores/memory') as typeof import('../lib/stores/memory');
+const { resolveOptions } = require('../dist/options') as typeof import('../lib/options');
+const { RequestRun } = require('../dist/retry/distribution') as typeof import('../lib/retry/distribution');
+const { createRuntime } = require('../dist/runtime') as typeof import('../lib/runtime');
 
 /** Median ns per call over 7 rounds, after a warm-up round. */
 function timeIt(_label: string, iterations: number, fn: () => void): number {
@@ -61,6 +68,23 @@ for (const n of [10, 1_000, 10_000, 100_000]) {
   const nsEx = timeIt('pickEx', 200_000, () => void selectChannel(tiers, ex, Math.random));
   if (n === 10) base = ns;
   out(`| ${n.toLocaleString('en-US')} | ${ns.toFixed(0)} | ${nsEx.toFixed(0)} | ${(ns / base).toFixed(2)} |`);
+}
+
+out('');
+out('### Selection as the distributor does it per request (RequestRun.pick: group lookup, tried and cooldown checks, weighted pick)');
+out('| channels | ns per selection | ratio to 10 |');
+out('|---:|---:|---:|');
+let base2 = 0;
+for (const n of [10, 1_000, 10_000, 100_000]) {
+  const cfg = resolveOptions({ channels: channels(n), logger: { warn() {}, error() {} } });
+  const rt = createRuntime(cfg);
+  const req = { headers: {} } as unknown as Request;
+  const res = { locals: {} } as unknown as Response;
+  const run = new RequestRun(rt, req, res, {}, 'gpt-4o', 'default', ['default'], false);
+  const groups = ['default'];
+  const ns = timeIt('run.pick', 200_000, () => void run.pick(groups));
+  if (n === 10) base2 = ns;
+  out(`| ${n.toLocaleString('en-US')} | ${ns.toFixed(0)} | ${(ns / base2).toFixed(2)} |`);
 }
 
 out('');
