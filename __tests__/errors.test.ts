@@ -2,21 +2,13 @@
 // {error:{message,type:'distributor_error',code}}; channel keys, authorization header values and
 // raw affinity values never appear in an error message, in res.locals.distribution or in a log line.
 // Adaptation: new-api answers type 'new_api_error' with an empty code and a request-id suffix.
-import { afterAll, describe, expect, test } from '@jest/globals';
+import { describe, expect, test } from '@jest/globals';
 import request from 'supertest';
-import { ChannelStatus, DistributorError, type DistributorHandler, type DistributorOptions } from '../lib';
-import { createApp, ctx, memoryLogger, type TestApp } from './helpers/create-app';
+import { ChannelStatus, DistributorError } from '../lib';
+import { ctx, memoryLogger, type TestApp, trackedApps } from './helpers/create-app';
 import { settle } from './helpers/recording-store';
 
-const made: DistributorHandler[] = [];
-afterAll(async () => {
-  await Promise.all(made.map((m) => m.shutdown()));
-});
-function app(options: Partial<DistributorOptions> & Pick<DistributorOptions, 'channels'>, extra?: Parameters<typeof createApp>[1]): TestApp {
-  const t = createApp(options, extra);
-  made.push(t.mw);
-  return t;
-}
+const app = trackedApps();
 
 describe('every error body is {error:{message,type:"distributor_error",code}}', () => {
   const { app: a } = app({

@@ -1,21 +1,13 @@
 // ChannelRegistry (API.md section 2) and multi-key channels (section 7), plus reference S23
 // (gizmo model-name normalisation). Adaptation: groups and models are trimmed (API.md), unlike
 // new-api's router which splits on ',' without trimming (reference 1.1).
-import { afterAll, describe, expect, test } from '@jest/globals';
+import { describe, expect, test } from '@jest/globals';
 import type { Request, Response } from 'express';
 import request from 'supertest';
-import { ChannelRegistry, ChannelStatus, DistributorError, distributor, type ChannelInput, type DistributorHandler, type DistributorOptions } from '../lib';
-import { createApp, memoryLogger, type TestApp } from './helpers/create-app';
+import { ChannelRegistry, ChannelStatus, DistributorError, distributor, type ChannelInput } from '../lib';
+import { memoryLogger, type TestApp, trackedApps } from './helpers/create-app';
 
-const made: DistributorHandler[] = [];
-function app(options: Partial<DistributorOptions> & Pick<DistributorOptions, 'channels'>, extra?: Parameters<typeof createApp>[1]): TestApp {
-  const t = createApp(options, extra);
-  made.push(t.mw);
-  return t;
-}
-afterAll(async () => {
-  await Promise.all(made.map((m) => m.shutdown()));
-});
+const app = trackedApps();
 
 function invalidChannel(fn: () => unknown): DistributorError {
   try {

@@ -2,21 +2,13 @@
 // Adaptations: weights are proportional inside a tier and all-zero tiers get equal chances
 // (the reference's x100 smoothing gives the same proportions); tried channels are excluded, so a
 // lone channel is not re-picked on retry (S19); 503 messages carry no "(distributor) (request id)".
-import { afterAll, describe, expect, test } from '@jest/globals';
+import { describe, expect, test } from '@jest/globals';
 import type { NextFunction, Request, Response } from 'express';
 import request from 'supertest';
-import { MemoryStore, type ChannelInput, type DistributorHandler, type DistributorOptions } from '../lib';
-import { createApp, ctx, type TestApp } from './helpers/create-app';
+import { MemoryStore, type ChannelInput } from '../lib';
+import { ctx, type TestApp, trackedApps } from './helpers/create-app';
 
-const made: DistributorHandler[] = [];
-function app(options: Partial<DistributorOptions> & Pick<DistributorOptions, 'channels'>, extra?: Parameters<typeof createApp>[1]): TestApp {
-  const t = createApp(options, extra);
-  made.push(t.mw);
-  return t;
-}
-afterAll(async () => {
-  await Promise.all(made.map((m) => m.shutdown()));
-});
+const app = trackedApps();
 
 /** A random source walking an even grid of n points over [0, 1): exact proportions over n calls. */
 function grid(n: number): () => number {

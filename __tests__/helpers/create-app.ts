@@ -1,4 +1,5 @@
 // A tiny Express app around a distributor, with a route that echoes the decision (HPM test-kit style).
+import { afterAll } from '@jest/globals';
 import express, { type Express, type NextFunction, type Request, type Response } from 'express';
 import { distributor, type DistributorHandler } from '../../lib';
 import type { DistributorOptions, Logger, RequestContext } from '../../lib';
@@ -59,3 +60,19 @@ export function createApp(options: Partial<DistributorOptions> & Pick<Distributo
 
 /** Sets the auth context header for supertest. */
 export const ctx = (c: RequestContext) => ({ 'x-test-context': JSON.stringify(c) });
+
+/**
+ * A `createApp` for one test file that remembers every distributor it made and shuts them all
+ * down after the file's tests. Call it at the top level of a test file.
+ */
+export function trackedApps(): (options: Parameters<typeof createApp>[0], extra?: Parameters<typeof createApp>[1]) => TestApp {
+  const made: DistributorHandler[] = [];
+  afterAll(async () => {
+    await Promise.all(made.map((m) => m.shutdown()));
+  });
+  return (options, extra) => {
+    const t = createApp(options, extra);
+    made.push(t.mw);
+    return t;
+  };
+}
