@@ -1,4 +1,5 @@
 // MemoryStore: the embedded default store on node-cache (no clones, TTLs in ms at the interface).
+import { ruleNameOfPinKey } from '../affinity/key';
 import { EventEmitter } from 'node:events';
 import NodeCache from 'node-cache';
 import type { ChannelStatus } from '../types';
@@ -119,8 +120,7 @@ export class MemoryStore implements Store {
   async countPins(): Promise<Record<string, number>> {
     const out: Record<string, number> = {};
     for (const k of this.pins.keys()) {
-      const rule = k.split(':')[1] ?? '_';
-      const name = rule === '_' ? '_' : decodeURIComponent(rule);
+      const name = ruleNameOfPinKey(k);
       out[name] = (out[name] ?? 0) + 1;
     }
     return out;

@@ -2,6 +2,7 @@
 // Raw commands through a user-supplied sender (no runtime Redis import), Lua for every
 // read-then-write (EVALSHA, EVAL on NOSCRIPT), a timeout on every call and a short back-off
 // after a failure.
+import { ruleNameOfPinKey } from '../affinity/key';
 import { DistributorError } from '../errors';
 import { ChannelStatus } from '../types';
 import {
@@ -286,18 +287,9 @@ export class RedisStore implements Store {
 
   async countPins(): Promise<Record<string, number>> {
     const out: Record<string, number> = {};
-    const from = this.prefix.length + 'aff:'.length;
     await this.scan(`${globEscape(this.prefix)}aff:*`, async (keys) => {
       for (const k of keys) {
-        const part = k.slice(from, k.indexOf(':', from) === -1 ? undefined : k.indexOf(':', from));
-        let name = part;
-        if (part !== '_') {
-          try {
-            name = decodeURIComponent(part);
-          } catch {
-            name = part;
-          }
-        }
+        const name = ruleNameOfPinKey(k.slice(this.prefix.length));
         out[name] = (out[name] ?? 0) + 1;
       }
     });
