@@ -1,6 +1,7 @@
 // In-process scaling micro-benchmarks (plain loops + process.hrtime): selection vs channel count,
 // affinity key derivation + body extraction vs body size, registry rebuild, pins in memory.
 // Run: npm run build && node --expose-gc --import tsx bench/micro.ts   (markdown tables; numbers per operation)
+import { spawnSync } from 'node:child_process';
 import type { Request, Response } from 'express';
 import type { ChannelInput } from '../lib/types';
 
@@ -49,45 +50,63 @@ async function pinsHeap(): Promise<string> {
   return `| 100,000 pins (43-char hashed keys) | ${mb.toFixed(1)} MB heap${gc ? '' : ' (run with --expose-gc for a precise figure)'} |`;
 }
 
-async function main(): Promise<void> {
-out('### MemoryStore: heap for 100,000 pins');
-out(await pinsHeap());
-out('');
+const SIZES = [10, 1_000, 10_000, 100_000];
+interface SelectionTimes { pick: number; pickEx: number; run: number; runRead: number }
 
-out('### Selection: one pick (top tier, weighted) vs channels in the group');
-out('| channels | ns per pick | ns per pick with 3 tried ids excluded | ratio to 10 |');
-out('|---:|---:|---:|---:|');
-let base = 0;
-for (const n of [10, 1_000, 10_000, 100_000]) {
+/**
+ * Times one selection size in this process. Each size runs in a fresh process (as a gateway has
+ * one registry): in one process the benchmark's own call sites see every size's closures, turn
+ * megamorphic and stop inlining, which made the largest size (measured last) look slower.
+ */
+function selectionTimes(n: number): SelectionTimes {
   const reg = new ChannelRegistry(channels(n));
   const tiers = reg.tiers('default', 'gpt-4o');
-  const tried = new Set([1, 2, 3]);
+  const tried = [1, 2, 3];
   const all = () => true;
-  const ex = (id: number) => !tried.has(id);
-  const ns = timeIt('pick', 200_000, () => void selectChannel(tiers, all, Math.random));
-  const nsEx = timeIt('pickEx', 200_000, () => void selectChannel(tiers, ex, Math.random));
-  if (n === 10) base = ns;
-  out(`| ${n.toLocaleString('en-US')} | ${ns.toFixed(0)} | ${nsEx.toFixed(0)} | ${(ns / base).toFixed(2)} |`);
-}
-
-out('');
-out('### Selection as the distributor does it per request (RequestRun.pick: group lookup, tried and cooldown checks, weighted pick)');
-out('| channels | ns per selection | ratio to 10 |');
-out('|---:|---:|---:|');
-let base2 = 0;
-for (const n of [10, 1_000, 10_000, 100_000]) {
+  const ex = (id: number) => !tried.includes(id);
+  let sink = 0;
+  // `!== undefined`, as the distributor does: the pick hands the channel on without reading it
+  const pick = timeIt('pick', 300_000, () => void (sink += selectChannel(tiers, all, Math.random) !== undefined ? 1 : 0));
+  const pickEx = timeIt('pickEx', 300_000, () => void (sink += selectChannel(tiers, ex, Math.random) !== undefined ? 1 : 0));
   const cfg = resolveOptions({ channels: channels(n), logger: { warn() {}, error() {} } });
   const rt = createRuntime(cfg);
   const req = { headers: {} } as unknown as Request;
   const res = { locals: {} } as unknown as Response;
   const run = new RequestRun(rt, req, res, {}, 'gpt-4o', 'default', ['default'], false);
   const groups = ['default'];
-  const ns = timeIt('run.pick', 200_000, () => void run.pick(groups));
-  if (n === 10) base2 = ns;
-  out(`| ${n.toLocaleString('en-US')} | ${ns.toFixed(0)} | ${(ns / base2).toFixed(2)} |`);
+  const runPick = timeIt('run.pick', 300_000, () => void (sink += run.pick(groups) !== undefined ? 1 : 0));
+  // what setup does next: read the chosen channel (on a 33,334-channel tier, one cache miss)
+  const runRead = timeIt('run.pick+read', 300_000, () => void (sink += run.pick(groups)?.ch.status ?? 0));
+  rt.health.stop();
+  if (sink === -1) console.log('unreachable');
+  return { pick, pickEx, run: runPick, runRead };
 }
 
+function selectionInChild(n: number): SelectionTimes {
+  const r = spawnSync(process.execPath, [...process.execArgv, __filename, '--selection', String(n)], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`selection child (${n}) failed: ${r.stderr}`);
+  return JSON.parse(r.stdout.trim().split('\n').pop() as string) as SelectionTimes;
+}
+
+async function main(): Promise<void> {
+out('### MemoryStore: heap for 100,000 pins');
+out(await pinsHeap());
 out('');
+
+out('### Selection vs channels in the group (3 tiers; each size in its own process)');
+out('| channels | one pick (ns) | with 3 tried ids excluded | per-request selection: RequestRun.pick (ns) | RequestRun.pick + first read of the chosen channel (ns) |');
+out('|---:|---:|---:|---:|---:|');
+const sel: Record<number, SelectionTimes> = {};
+for (const n of SIZES) {
+  sel[n] = selectionInChild(n);
+  const t = sel[n];
+  out(`| ${n.toLocaleString('en-US')} | ${t.pick.toFixed(0)} | ${t.pickEx.toFixed(0)} | ${t.run.toFixed(0)} | ${t.runRead.toFixed(0)} |`);
+}
+const b = sel[SIZES[0]];
+const last = sel[SIZES[SIZES.length - 1]];
+out(`| ratio 100,000 / 10 | **${(last.pick / b.pick).toFixed(2)}** | ${(last.pickEx / b.pickEx).toFixed(2)} | **${(last.run / b.run).toFixed(2)}** | ${(last.runRead / b.runRead).toFixed(2)} |`);
+out('');
+
 out('### Registry rebuild (validate + index) for 10,000 channels');
 {
   const input = channels(10_000);
@@ -120,4 +139,5 @@ for (const size of [1_000, 100_000, 1_000_000, 10_000_000]) {
 console.log(rows.join('\n'));
 }
 
-void main();
+if (process.argv[2] === '--selection') console.log(JSON.stringify(selectionTimes(Number(process.argv[3]))));
+else void main();

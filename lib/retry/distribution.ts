@@ -129,7 +129,7 @@ export class RequestRun implements Distribution {
       // `startTier` applies to the first (current) group; a group moved on to starts at its top tier
       this.lastGroup = g;
       const ch = selectChannel(registry.tiers(g, this.model), eligible, cfg.random, cfg.retry.tierStrategy, i === 0 ? startTier : 0);
-      if (ch) return { ch, group: g };
+      if (ch !== undefined) return { ch, group: g };
     }
     return undefined;
   }
