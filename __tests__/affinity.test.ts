@@ -7,12 +7,15 @@
 // - there is no admin log: the decision is in res.locals.distribution.affinity;
 // - clearOnFailure (default true) clears a pin whose channel failed with a retryable status.
 import { afterAll, describe, expect, jest, test } from '@jest/globals';
+import { createHash } from 'node:crypto';
 import type { NextFunction, Request, Response } from 'express';
 import request from 'supertest';
 import {
-  ChannelRegistry, ChannelStatus, DistributorError, affinityFromNewApi, defaultAffinityRules, distributor,
+  ChannelRegistry, ChannelStatus, DistributorError, MemoryStore, affinityFromNewApi, defaultAffinityRules, distributor,
   type AffinityRule, type ChannelInput, type DistributorHandler, type DistributorOptions,
 } from '../lib';
+import { matchAffinity } from '../lib/affinity/key';
+import { compileRules } from '../lib/affinity/rules';
 import { createApp, ctx, memoryLogger, type TestApp } from './helpers/create-app';
 import { RecordingStore, settle } from './helpers/recording-store';
 
@@ -547,6 +550,69 @@ describe('keys: hashed, caller-scoped', () => {
     await codex(without, 'Km', { model: 'gpt-5', pick: A });
     const r2 = await codex(without, 'Km', { model: 'gpt-4', pick: B });
     expect(r2.body.distribution.affinity).toMatchObject({ hit: true, used: true });
+  });
+});
+
+describe('keys: the SHA-256 of a length-prefixed scope (recent digests are cached, results never change)', () => {
+  const sha = (text: string) => createHash('sha256').update(text).digest('base64url');
+  const scoped = (...parts: string[]) => parts.map((p) => `${p.length}:${p}`).join('');
+
+  test('the key is aff:<rule>:sha256(rule, model, group, caller, value) for short and for long (uncached) values', async () => {
+    const e = env();
+    const long = 'L'.repeat(700); // a scope over the cache's bound is hashed directly
+    for (const [value, tokenId] of [['Kformula', 9], ['Kformula', 9], [long, 9], ['Kformula', undefined]] as const) {
+      await codex(e, value, { pick: A, context: tokenId === undefined ? {} : { tokenId } });
+      const key = e.store.of('getPin').at(-1)?.[0];
+      expect(key).toBe(`aff:codex%20cli%20trace:${sha(scoped('codex cli trace', '', 'default', tokenId === undefined ? '' : `t:${tokenId}`, value))}`);
+    }
+  });
+
+  test('after more distinct sessions than the cache holds, every key is still the same digest', () => {
+    const [rule] = compileRules([noSkipCodex()], 3600);
+    const key = (value: string) => matchAffinity([rule], {
+      req: { headers: {}, query: {} } as unknown as Request, res: { locals: {} } as unknown as Response,
+      model: 'gpt-5', path: '/v1/responses', group: 'default', ctx: { tokenId: 3 }, body: { prompt_cache_key: value },
+    })?.key;
+    const first = key('session-0');
+    for (let i = 1; i <= 10_000; i++) expect(key(`session-${i}`)).toBe(`aff:codex%20cli%20trace:${sha(scoped('codex cli trace', '', 'default', 't:3', `session-${i}`))}`);
+    expect(key('session-0')).toBe(first); // evicted long ago, derived again to the same key
+    expect(first).toBe(`aff:codex%20cli%20trace:${sha(scoped('codex cli trace', '', 'default', 't:3', 'session-0'))}`);
+  });
+});
+
+describe('the embedded MemoryStore is read without a promise (fast path), with the same failure rules', () => {
+  test('pins work on a plain MemoryStore; a read that throws degrades to no affinity with a storeError, never a failed request', async () => {
+    const store = new MemoryStore();
+    const errors: Array<{ operation: string; error: Error }> = [];
+    const rnd = { v: PICK3[A] };
+    const logger = memoryLogger();
+    const t = createApp({ channels: defaultChannels(), store, logger, random: () => rnd.v, on: { storeError: (e) => errors.push(e) } });
+    made.push(t.mw);
+    const viaPromise = jest.spyOn(store, 'getPin'); // installed after the distributor chose the fast path
+    const send = () => request(t.app).post('/v1/responses').send({ model: 'gpt-5', prompt_cache_key: 'Kfast' });
+    expect((await send()).body.channel.id).toBe(A);
+    await settle();
+    rnd.v = PICK3[C];
+    const hit = await send();
+    expect(hit.body.channel.id).toBe(A);
+    expect(hit.body.distribution.affinity).toMatchObject({ hit: true, used: true });
+    const pins = (store as unknown as { pins: { get: (k: string) => unknown } }).pins;
+    const realGet = pins.get;
+    pins.get = () => {
+      throw new Error('cache broke');
+    };
+    try {
+      const degraded = await send();
+      expect(degraded.status).toBe(200);
+      expect(degraded.body.channel.id).toBe(C);
+      expect(degraded.body.distribution.affinity).toMatchObject({ hit: false });
+      expect(errors.map((e) => [e.operation, e.error.message])).toEqual([['getPin', 'cache broke']]);
+      expect(logger.text()).toContain('store error');
+      expect(viaPromise).not.toHaveBeenCalled();
+    } finally {
+      pins.get = realGet;
+    }
+    store.shutdown();
   });
 });
 

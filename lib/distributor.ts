@@ -72,7 +72,8 @@ async function distribute(rt: Runtime, req: Request, res: Response): Promise<'ne
   res.locals.distribution = run;
   rt.counters.active++;
   // 'close' follows 'finish' on every response and also covers a connection closed early.
-  res.once('close', () => run.finalize(res.writableFinished));
+  // `on`, not `once`: 'close' fires once per response, and `once` allocates a wrapper per request.
+  res.on('close', () => run.finalize(res.writableFinished));
   // The client may have gone while the body or the context was awaited: 'close' already fired.
   if (res.closed) run.finalize(res.writableFinished);
   if (routing.specificChannelId !== undefined) return specificChannel(rt, run, req, res, parsed, routing.specificChannelId);
@@ -111,7 +112,7 @@ async function specificChannel(rt: Runtime, run: RequestRun, req: Request, res: 
 function notSelected(rt: Runtime, req: Request, res: Response): RequestRun {
   const run = new RequestRun(rt, req, res, {}, '', '', [], false);
   rt.counters.active++;
-  res.once('close', () => run.finalize(false));
+  res.on('close', () => run.finalize(false));
   if (res.closed) run.finalize(false);
   return run;
 }

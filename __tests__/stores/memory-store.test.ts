@@ -1,8 +1,41 @@
 // The Store contract against the embedded MemoryStore (the reference semantics).
+import { describe, expect, jest, test } from '@jest/globals';
 import { MemoryStore } from '../../lib/stores/memory';
 import { runStoreContract } from './store-contract';
 
 runStoreContract('MemoryStore', async () => {
   const store = new MemoryStore({ prefix: 'ecd-test-memory:' });
   return { store, peer: store, cleanup: () => store.shutdown() };
+});
+
+describe('MemoryStore: the sliding TTL moves in steps (one node-cache entry write per step, not per read)', () => {
+  test('a read refreshes the TTL once a step (1 s, or a tenth of a shorter TTL) has passed, not before', async () => {
+    jest.useFakeTimers({ doNotFake: ['nextTick', 'queueMicrotask', 'setImmediate', 'clearImmediate', 'setInterval', 'clearInterval', 'setTimeout', 'clearTimeout'] });
+    const store = new MemoryStore();
+    try {
+      const t0 = Date.now();
+      await store.setPin('aff:_:step', 7, 10_000);
+      jest.setSystemTime(t0 + 900); // under the 1 s step: no refresh
+      expect(await store.getPin('aff:_:step', 10_000)).toBe(7);
+      jest.setSystemTime(t0 + 9_950); // still the first TTL
+      expect(await store.getPin('aff:_:step', 10_000)).toBe(7); // refreshed now: expires at 19.95 s
+      jest.setSystemTime(t0 + 10_500); // past the first TTL, kept by the refresh at 9.95 s
+      expect(await store.getPin('aff:_:step', 10_000)).toBe(7); // 550 ms after it: no new refresh
+      jest.setSystemTime(t0 + 19_900); // so the expiry is still 19.95 s
+      expect(await store.getPin('aff:_:step')).toBe(7);
+      jest.setSystemTime(t0 + 19_960);
+      expect(await store.getPin('aff:_:step')).toBeNull();
+
+      // a short TTL steps by a tenth of it: 500 ms TTL, refreshed by a read 60 ms later
+      const t1 = Date.now();
+      await store.setPin('aff:_:short', 8, 500);
+      jest.setSystemTime(t1 + 60);
+      expect(await store.getPin('aff:_:short', 500)).toBe(8);
+      jest.setSystemTime(t1 + 540);
+      expect(await store.getPin('aff:_:short')).toBe(8);
+    } finally {
+      store.shutdown();
+      jest.useRealTimers();
+    }
+  });
 });

@@ -30,7 +30,11 @@ async function main() {
   });
   let client;
   let memoryStore;
-  if (MODE !== 'bare') {
+  // Reference points for the cost of any middleware: one that calls next() at once, and one
+  // that calls it from a resolved promise (as an async middleware does).
+  if (MODE === 'noop') app.use((_req, _res, next) => next());
+  else if (MODE === 'noop-async') app.use((_req, _res, next) => { Promise.resolve().then(() => next()); });
+  else if (MODE !== 'bare') {
     let store;
     if (MODE === 'redis') {
       const { createClient } = require('redis');

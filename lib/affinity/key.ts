@@ -77,8 +77,30 @@ function ruleMatches(rule: CompiledRule, input: KeyInput): boolean {
 /** `crypto.hash()` (Node >= 20.12): a one-shot digest without a Hash object per call. */
 const oneShot = (crypto as { hash?: (alg: string, data: string, enc: 'hex' | 'base64url') => string }).hash;
 
-function hash(text: string): string {
+function sha256(text: string): string {
   return oneShot ? oneShot('sha256', text, 'base64url') : crypto.createHash('sha256').update(text).digest('base64url');
+}
+
+/**
+ * Recent scope -> digest results. A session sends the same scope on every request, and the
+ * SHA-256 (a native call) was the largest single cost of the middleware under load. Bounded in
+ * entries and in scope length; the oldest entry goes first. Pure, so one cache serves every
+ * distributor of the process.
+ */
+const DIGESTS_MAX = 4096;
+const DIGEST_SCOPE_MAX = 512;
+const digests = new Map<string, string>();
+
+/** SHA-256 (base64url) of a key scope, from the recent-results cache when it is there. */
+export function hashScope(scope: string): string {
+  if (scope.length > DIGEST_SCOPE_MAX) return sha256(scope);
+  let d = digests.get(scope);
+  if (d === undefined) {
+    d = sha256(scope);
+    if (digests.size >= DIGESTS_MAX) digests.delete(digests.keys().next().value as string);
+    digests.set(scope, d);
+  }
+  return d;
 }
 
 /** Short hex fingerprint of a value (for logs): not reversible, stable across instances. */
@@ -122,10 +144,11 @@ export function matchAffinity(rules: readonly CompiledRule[], input: KeyInput): 
       ? `t:${String(input.ctx.tokenId)}`
       : input.ctx.userId !== undefined && input.ctx.userId !== null && input.ctx.userId !== '' ? `u:${String(input.ctx.userId)}` : '';
     // Length-prefixed parts: no choice of model, group or value can forge another caller's scope.
-    const parts = [rule.includeRuleName ? rule.name : '', rule.includeModelName ? input.model : '', rule.includeUsingGroup ? input.group : '', caller, value];
-    let scope = '';
-    for (const p of parts) scope += `${p.length}:${p}`;
-    return new AffinityMatch(rule, `aff:${rulePart(rule)}:${hash(scope)}`, value);
+    const name = rule.includeRuleName ? rule.name : '';
+    const model = rule.includeModelName ? input.model : '';
+    const group = rule.includeUsingGroup ? input.group : '';
+    const scope = `${name.length}:${name}${model.length}:${model}${group.length}:${group}${caller.length}:${caller}${value.length}:${value}`;
+    return new AffinityMatch(rule, rule.keyPrefix + hashScope(scope), value);
   }
   return undefined;
 }

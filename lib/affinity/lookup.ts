@@ -6,6 +6,7 @@ import { callHook } from '../hooks';
 import type { ParsedRequest } from '../request/extract';
 import type { RequestRun } from '../retry/distribution';
 import type { Runtime } from '../runtime';
+import type { MemoryStore } from '../stores/memory';
 import { ChannelStatus, type Channel, type StaleReason } from '../types';
 import { matchAffinity } from './key';
 
@@ -20,6 +21,16 @@ function checkPin(rt: Runtime, run: RequestRun, id: number): { reason: StaleReas
   return { ch, group };
 }
 
+/** The embedded store's pin without a promise, failing soft like `guard.run()`. */
+function readPinNow(rt: Runtime, store: MemoryStore, key: string, ttlMs: number): number | null {
+  try {
+    return store.getPinNow(key, ttlMs);
+  } catch (e) {
+    rt.guard.report('getPin', e);
+    return null;
+  }
+}
+
 /**
  * Runs affinity for a request. Resolves true when the pinned channel was set up and is now the
  * current channel; false when selection must run (no rule, no pin, or a stale pin).
@@ -32,7 +43,7 @@ export async function usePin(rt: Runtime, run: RequestRun, req: Request, res: Re
   if (!match) return false;
   run.match = match;
   const info = (run.affinity = { rule: match.rule.name, hit: false, used: false, cleared: false } as NonNullable<RequestRun['affinity']>);
-  const pinned = await rt.guard.run('getPin', () => cfg.store.getPin(match.key, match.rule.ttlMs), null);
+  const pinned = rt.memoryStore ? readPinNow(rt, rt.memoryStore, match.key, match.rule.ttlMs) : await rt.guard.run('getPin', () => cfg.store.getPin(match.key, match.rule.ttlMs), null);
   if (pinned === null || pinned === undefined) {
     run.trace.push(`affinity:miss rule=${match.rule.name}`);
     if (cfg.on.affinityMiss) callHook(cfg, 'affinityMiss', { req, rule: match.rule.name, fingerprint: match.fingerprint });

@@ -1,6 +1,7 @@
 // Affinity rules: the defaults, compilation once at creation (regexes, paths), and the
 // import of new-api's `channel_affinity_setting` JSON.
 import { DistributorError, configError } from '../errors';
+import { rulePart } from './key';
 import { compilePath } from '../request/json-path';
 import type { AffinityOptions, AffinityRule, KeySource } from '../types';
 
@@ -24,6 +25,8 @@ export interface CompiledRule {
   includeRuleName: boolean;
   /** A rule that can never match (empty model list, no key source). Reported by validations. */
   neverMatches: boolean;
+  /** `aff:<rule part>:`, the start of every pin key this rule derives (computed once). */
+  keyPrefix: string;
 }
 
 /** The reference's two default rules (`codex cli trace`, `claude cli trace`). */
@@ -122,6 +125,7 @@ export function compileRules(rules: AffinityRule[], defaultTtlSeconds: number): 
       includeModelName: r.includeModelName === true,
       includeRuleName: r.includeRuleName === true,
       neverMatches: modelRegex.length === 0 || sources.length === 0 || (userAgentInclude !== undefined && userAgentInclude.length === 0 && (uas?.length ?? 0) > 0),
+      keyPrefix: `aff:${rulePart({ name, includeRuleName: r.includeRuleName === true })}:`,
     };
   });
 }

@@ -40,9 +40,21 @@ export class MemoryStore implements Store {
   }
 
   async getPin(key: string, refreshTtlMs?: number): Promise<number | null> {
+    return this.getPinNow(key, refreshTtlMs);
+  }
+
+  /**
+   * @internal `getPin()` without the promise (the distributor's fast path for this store). The
+   * TTL slides in steps of at most 1 s (a tenth of the TTL when that is shorter): node-cache's
+   * `ttl()` allocates a new entry, and a hot session is read many times a second.
+   */
+  getPinNow(key: string, refreshTtlMs?: number): number | null {
     const v = this.pins.get<number>(key);
     if (v === undefined) return null;
-    if (refreshTtlMs && refreshTtlMs > 0) this.pins.ttl(key, refreshTtlMs / 1000);
+    if (refreshTtlMs && refreshTtlMs > 0) {
+      const expires = this.pins.getTtl(key);
+      if (!expires || Date.now() + refreshTtlMs - expires >= Math.min(1000, refreshTtlMs / 10)) this.pins.ttl(key, refreshTtlMs / 1000);
+    }
     return v;
   }
 
