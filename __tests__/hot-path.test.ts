@@ -1,10 +1,11 @@
 // The hot path does no per-request compilation: rule regexes are compiled once in distributor()
 // and the routing index is rebuilt only on registry changes (API.md sections 2 and 6).
 import { afterAll, afterEach, describe, expect, jest, test } from '@jest/globals';
+import express from 'express';
 import request from 'supertest';
-import { ChannelRegistry, type AffinityRule, type DistributorHandler } from '../lib';
+import { ChannelRegistry, distributor, type AffinityRule, type DistributorHandler } from '../lib';
 import { createApp } from './helpers/create-app';
-import { settle } from './helpers/recording-store';
+import { RecordingStore, settle } from './helpers/recording-store';
 
 const made: DistributorHandler[] = [];
 afterAll(async () => {
@@ -105,5 +106,64 @@ describe('no per-request index rebuild', () => {
     const r = await request(app).post('/v1/chat/completions').send({ model: 'brand-new' }).expect(200);
     expect(r.body.channel.id).toBe(4);
     expect(rebuild).toHaveBeenCalledTimes(1);
+  });
+});
+
+describe('no promise on the way when nothing is asynchronous', () => {
+  /** An app that reports whether distributor() called next() before returning (synchronously). */
+  function syncProbe(options: Parameters<typeof distributor>[0]) {
+    const mw = distributor({ logger: { warn() {}, error() {} }, ...options });
+    made.push(mw);
+    const app = express();
+    app.use(express.json());
+    app.use((req, res, next) => {
+      let returned = false;
+      mw(req, res, (err?: unknown) => {
+        res.locals.sync = !returned;
+        next(err);
+      });
+      returned = true;
+    });
+    app.post('/v1/responses', (_req, res) => {
+      res.json({ sync: res.locals.sync, channel: res.locals.channel?.id, affinity: res.locals.distribution?.affinity });
+    });
+    return app;
+  }
+  const channels = [{ id: 1, models: 'gpt-5' }, { id: 2, models: 'gpt-5' }];
+  const body = { model: 'gpt-5', prompt_cache_key: 'sync-session' };
+
+  test('embedded store and synchronous callbacks: next() runs before the middleware returns, pins work the same', async () => {
+    const app = syncProbe({ channels, context: () => ({ tokenId: 4 }), setup: () => undefined });
+    const first = await request(app).post('/v1/responses').send(body);
+    await settle();
+    const second = await request(app).post('/v1/responses').send(body);
+    expect(first.body).toMatchObject({ sync: true, affinity: { hit: false } });
+    expect(second.body).toMatchObject({ sync: true, channel: first.body.channel, affinity: { hit: true, used: true } });
+  });
+
+  test('an async context, an async setup or a store that answers with promises: the same result, after an await', async () => {
+    const variants: Array<Partial<Parameters<typeof distributor>[0]>> = [
+      { context: async () => ({ tokenId: 4 }) },
+      { setup: async () => undefined },
+      { store: new RecordingStore() },
+    ];
+    for (const v of variants) {
+      const app = syncProbe({ channels, ...v });
+      const first = await request(app).post('/v1/responses').send(body);
+      await settle();
+      const second = await request(app).post('/v1/responses').send(body);
+      expect(first.body).toMatchObject({ sync: false, affinity: { hit: false } });
+      expect(second.body).toMatchObject({ sync: false, channel: first.body.channel, affinity: { hit: true, used: true } });
+    }
+  });
+
+  test('errors keep their statuses on the synchronous path: a throwing context is passed to next(err), a bad model is a 400', async () => {
+    const throwing = syncProbe({ channels, context: () => { throw new Error('context broke'); } });
+    const errorHandler: express.ErrorRequestHandler = (err: Error, _req, res, _next) => { res.status(500).json({ handled: err.message }); };
+    throwing.use(errorHandler);
+    expect((await request(throwing).post('/v1/responses').send(body)).body).toEqual({ handled: 'context broke' });
+    const bad = await request(syncProbe({ channels })).post('/v1/responses').send({ model: 42 });
+    expect(bad.status).toBe(400);
+    expect(bad.body.error.message).toContain('model must be a string');
   });
 });

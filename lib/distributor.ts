@@ -11,6 +11,7 @@ import { parseRequest, type ParsedRequest } from './request/extract';
 import { resolveRouting } from './request/routing';
 import { RequestRun } from './retry/distribution';
 import { createRuntime, type Runtime } from './runtime';
+import { drive, type Steps } from './steps';
 import { TRACE_HEADER, traceHeaderValue } from './trace';
 import type { Store } from './stores/store';
 import { ChannelStatus, type Channel, type ChannelHealth, type DistributorOptions } from './types';
@@ -60,14 +61,14 @@ function sendError(cfg: Config, err: DistributorError, req: Request, res: Respon
   res.status(err.status).json(errorBody(err));
 }
 
-async function distribute(rt: Runtime, req: Request, res: Response): Promise<'next' | DistributorError> {
+function* distribute(rt: Runtime, req: Request, res: Response): Steps<'next' | DistributorError> {
   const { cfg } = rt;
   if (cfg.shouldSelect && !cfg.shouldSelect(req)) {
     res.locals.distribution = notSelected(rt, req, res);
     return 'next';
   }
-  const parsed = await parseRequest(req, cfg);
-  const routing = await resolveRouting(req, res, cfg, parsed);
+  const parsed = yield* parseRequest(req, cfg);
+  const routing = yield* resolveRouting(req, res, cfg, parsed);
   const run = new RequestRun(rt, req, res, routing.ctx, parsed.model, routing.group, routing.groups, routing.specificChannelId !== undefined);
   res.locals.distribution = run;
   rt.counters.active++;
@@ -76,10 +77,10 @@ async function distribute(rt: Runtime, req: Request, res: Response): Promise<'ne
   res.on('close', () => run.finalize(res.writableFinished));
   // The client may have gone while the body or the context was awaited: 'close' already fired.
   if (res.closed) run.finalize(res.writableFinished);
-  if (routing.specificChannelId !== undefined) return specificChannel(rt, run, req, res, parsed, routing.specificChannelId);
+  if (routing.specificChannelId !== undefined) return yield* specificChannel(rt, run, req, res, parsed, routing.specificChannelId);
   if (!parsed.model) return new DistributorError('model_required', 'Model name not specified, model name cannot be empty', 400);
-  let ok = cfg.affinity.enabled && cfg.affinity.rules.length > 0 && (await usePin(rt, run, req, res, parsed));
-  if (!ok) ok = await run.selectWithFallback(cfg.retry.times + 1, 'select', run.groups);
+  let ok = cfg.affinity.enabled && cfg.affinity.rules.length > 0 && (yield* usePin(rt, run, req, res, parsed));
+  if (!ok) ok = yield* run.selectWithFallback(cfg.retry.times + 1, 'select', run.groups);
   if (!ok) return run.noChannelError();
   if (cfg.traceHeader) res.setHeader(TRACE_HEADER, traceHeaderValue(run.trace));
   if (rt.debug) {
@@ -91,7 +92,7 @@ async function distribute(rt: Runtime, req: Request, res: Response): Promise<'ne
   return 'next';
 }
 
-async function specificChannel(rt: Runtime, run: RequestRun, req: Request, res: Response, parsed: ParsedRequest, id: number): Promise<'next' | DistributorError> {
+function* specificChannel(rt: Runtime, run: RequestRun, req: Request, res: Response, parsed: ParsedRequest, id: number): Steps<'next' | DistributorError> {
   const ch = rt.registry.get(id);
   if (!ch) return new DistributorError('invalid_channel_id', 'Invalid channel ID', 400);
   if (ch.status !== ChannelStatus.Enabled) return new DistributorError('channel_disabled', 'This channel has been disabled', 403);
@@ -100,13 +101,23 @@ async function specificChannel(rt: Runtime, run: RequestRun, req: Request, res: 
     const m = matchAffinity(rt.cfg.affinity.rules, { req, res, model: run.model, path: parsed.path, group: run.group, ctx: run.ctx, body: parsed.body });
     if (m) (run.secrets ??= []).push(m.rawValue);
   }
-  if (!(await run.trySetup(ch, run.group))) {
+  if (!(yield* run.trySetup(ch, run.group))) {
     const last = run.attempts[run.attempts.length - 1]?.reason ?? 'setup failed';
     return new DistributorError('channel_setup_failed', `Channel ${id} could not be set up: ${last}`, 503);
   }
   run.trace.push(`specific ch=${id}`);
   callHook(rt.cfg, 'select', { req, channel: res.locals.channel as Channel, group: run.group, model: run.model, reason: 'specific' });
   return 'next';
+}
+
+function finish(cfg: Config, out: 'next' | DistributorError, req: Request, res: Response, next: NextFunction): void {
+  if (out === 'next') next();
+  else sendError(cfg, out, req, res, next);
+}
+
+function failed(cfg: Config, err: unknown, req: Request, res: Response, next: NextFunction): void {
+  if (err instanceof DistributorError) sendError(cfg, err, req, res, next);
+  else next(err);
 }
 
 function notSelected(rt: Runtime, req: Request, res: Response): RequestRun {
@@ -132,16 +143,17 @@ export function distributor(options: DistributorOptions): DistributorHandler {
 
   const handler = function distributorMiddleware(req: Request, res: Response, next: NextFunction): void {
     if (cfg.on.select) markStart(req); // only the select hook reads it (elapsedMs)
-    distribute(rt, req, res).then(
-      (out) => {
-        if (out === 'next') next();
-        else sendError(cfg, out, req, res, next);
-      },
-      (err: unknown) => {
-        if (err instanceof DistributorError) sendError(cfg, err, req, res, next);
-        else next(err);
-      },
-    );
+    // Synchronous to the end when nothing on the way is a promise (see steps.ts): no microtask
+    // between the request and next() with the embedded store and synchronous callbacks.
+    let out: 'next' | DistributorError | Promise<'next' | DistributorError>;
+    try {
+      out = drive(distribute(rt, req, res));
+    } catch (err) {
+      failed(cfg, err, req, res, next);
+      return;
+    }
+    if (out instanceof Promise) out.then((o) => finish(cfg, o, req, res, next), (err: unknown) => failed(cfg, err, req, res, next));
+    else finish(cfg, out, req, res, next);
   } as DistributorHandler;
 
   Object.defineProperties(handler, {

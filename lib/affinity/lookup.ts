@@ -6,6 +6,7 @@ import { callHook } from '../hooks';
 import type { ParsedRequest } from '../request/extract';
 import type { RequestRun } from '../retry/distribution';
 import type { Runtime } from '../runtime';
+import type { Steps } from '../steps';
 import type { MemoryStore } from '../stores/memory';
 import { ChannelStatus, type Channel, type StaleReason } from '../types';
 import { matchAffinity } from './key';
@@ -35,7 +36,7 @@ function readPinNow(rt: Runtime, store: MemoryStore, key: string, ttlMs: number)
  * Runs affinity for a request. Resolves true when the pinned channel was set up and is now the
  * current channel; false when selection must run (no rule, no pin, or a stale pin).
  */
-export async function usePin(rt: Runtime, run: RequestRun, req: Request, res: Response, parsed: ParsedRequest): Promise<boolean> {
+export function* usePin(rt: Runtime, run: RequestRun, req: Request, res: Response, parsed: ParsedRequest): Steps<boolean> {
   const { cfg } = rt;
   const match = matchAffinity(cfg.affinity.rules, {
     req, res, model: run.model, path: parsed.path, group: run.group, ctx: run.ctx, body: parsed.body,
@@ -43,7 +44,9 @@ export async function usePin(rt: Runtime, run: RequestRun, req: Request, res: Re
   if (!match) return false;
   run.match = match;
   const info = (run.affinity = { rule: match.rule.name, hit: false, used: false, cleared: false } as NonNullable<RequestRun['affinity']>);
-  const pinned = rt.memoryStore ? readPinNow(rt, rt.memoryStore, match.key, match.rule.ttlMs) : await rt.guard.run('getPin', () => cfg.store.getPin(match.key, match.rule.ttlMs), null);
+  const pinned = rt.memoryStore
+    ? readPinNow(rt, rt.memoryStore, match.key, match.rule.ttlMs)
+    : ((yield rt.guard.run('getPin', () => cfg.store.getPin(match.key, match.rule.ttlMs), null)) as number | null);
   if (pinned === null || pinned === undefined) {
     run.trace.push(`affinity:miss rule=${match.rule.name}`);
     if (cfg.on.affinityMiss) callHook(cfg, 'affinityMiss', { req, rule: match.rule.name, fingerprint: match.fingerprint });
@@ -54,7 +57,7 @@ export async function usePin(rt: Runtime, run: RequestRun, req: Request, res: Re
   const checked = checkPin(rt, run, pinned);
   let stale: StaleReason | undefined;
   if ('reason' in checked) stale = checked.reason;
-  else if (await run.trySetup(checked.ch, checked.group)) {
+  else if (yield* run.trySetup(checked.ch, checked.group)) {
     info.used = true;
     run.trace.push(`affinity:hit ch=${pinned}`);
     if (cfg.on.affinityHit) callHook(cfg, 'affinityHit', { req, rule: match.rule.name, channelId: pinned, fingerprint: match.fingerprint });
@@ -63,7 +66,7 @@ export async function usePin(rt: Runtime, run: RequestRun, req: Request, res: Re
   } else stale = 'setup_failed';
   info.stale = stale;
   if (!cfg.affinity.keepOnChannelDisabled) {
-    info.cleared = await rt.guard.run('clearPin', () => cfg.store.clearPin(match.key, pinned), false);
+    info.cleared = (yield rt.guard.run('clearPin', () => cfg.store.clearPin(match.key, pinned), false)) as boolean;
   }
   run.trace.push(`affinity:stale(${stale}) ch=${pinned}${info.cleared ? ' cleared' : ''}`);
   callHook(cfg, 'affinityStale', { req, rule: match.rule.name, channelId: pinned, reason: stale, cleared: info.cleared });

@@ -2,6 +2,7 @@
 import type { Request } from 'express';
 import { badRequest } from '../errors';
 import type { ExtractedRequest } from '../types';
+import type { Steps } from '../steps';
 import { bodyAlreadyRead, bodyKind, markBodyRead, multipartField, readRaw } from './body';
 
 export interface ParsedRequest {
@@ -52,12 +53,11 @@ function stringField(body: Record<string, unknown> | undefined, field: 'model' |
 }
 
 /** Reads the body when no parser did, and returns the parsed object (if any). */
-async function readBody(req: Request, cfg: ParseConfig): Promise<{ body?: Record<string, unknown>; multipartModel?: string }> {
-  const ct = req.headers['content-type'];
-  const kind = bodyKind(ct);
+function* readBody(req: Request, cfg: ParseConfig): Steps<{ body?: Record<string, unknown>; multipartModel?: string }> {
   if (bodyAlreadyRead(req)) {
     const b: unknown = req.body;
     if (isPlainObject(b)) return { body: b };
+    const kind = bodyKind(req.headers['content-type']);
     // express.raw() / express.text() consumed the stream and left the bytes: read the fields
     // from them, leaving req.body as the user's parser set it.
     if ((Buffer.isBuffer(b) || typeof b === 'string') && (kind === 'json' || kind === 'form')) {
@@ -69,20 +69,22 @@ async function readBody(req: Request, cfg: ParseConfig): Promise<{ body?: Record
     }
     return {};
   }
+  const ct = req.headers['content-type'];
+  const kind = bodyKind(ct);
   if (kind === 'json') {
-    const raw = await readRaw(req, cfg.bodyLimit);
+    const raw = (yield readRaw(req, cfg.bodyLimit)) as Buffer;
     const parsed = parseJsonBody(raw);
     markBodyRead(req, raw, parsed ?? {});
     return { body: parsed };
   }
   if (kind === 'form') {
-    const raw = await readRaw(req, cfg.bodyLimit);
+    const raw = (yield readRaw(req, cfg.bodyLimit)) as Buffer;
     const body = parseFormBody(raw);
     markBodyRead(req, raw, body);
     return { body };
   }
   if (kind === 'multipart' && cfg.multipart) {
-    const raw = await readRaw(req, cfg.bodyLimit);
+    const raw = (yield readRaw(req, cfg.bodyLimit)) as Buffer;
     const model = multipartField(raw, ct as string, 'model');
     (req as { _body?: boolean })._body = true;
     req.rawBody = raw;
@@ -119,13 +121,13 @@ function isBlank(buf: Buffer): boolean {
 }
 
 /** Parses the model and the body group following API.md section 3. Throws 400/413 DistributorErrors. */
-export async function parseRequest(req: Request, cfg: ParseConfig): Promise<ParsedRequest> {
+export function* parseRequest(req: Request, cfg: ParseConfig): Steps<ParsedRequest> {
   const path = pathOf(req);
-  const { body, multipartModel } = await readBody(req, cfg);
+  const { body, multipartModel } = yield* readBody(req, cfg);
   let model: string | undefined;
   let bodyGroup: string | undefined;
   if (cfg.extractModel) {
-    const out = await cfg.extractModel(req);
+    const out = (yield cfg.extractModel(req)) as Awaited<ReturnType<NonNullable<ParseConfig['extractModel']>>>;
     if (typeof out === 'string') model = out;
     else if (out && typeof out === 'object') {
       if (out.model !== undefined && out.model !== null && typeof out.model !== 'string') throw badRequest('Invalid request: extractModel returned a non-string model');

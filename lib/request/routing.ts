@@ -4,6 +4,7 @@ import type { Request, Response } from 'express';
 import { DistributorError } from '../errors';
 import type { Config } from '../options';
 import type { RequestContext } from '../types';
+import type { Steps } from '../steps';
 import type { ParsedRequest } from './extract';
 
 export interface Routing {
@@ -15,8 +16,8 @@ export interface Routing {
   specificChannelId?: number;
 }
 
-export async function resolveRouting(req: Request, res: Response, cfg: Config, parsed: ParsedRequest): Promise<Routing> {
-  const raw = await cfg.context(req, res);
+export function* resolveRouting(req: Request, res: Response, cfg: Config, parsed: ParsedRequest): Steps<Routing> {
+  const raw = (yield cfg.context(req, res)) as Awaited<ReturnType<Config['context']>>;
   const ctx: RequestContext = raw && typeof raw === 'object' ? raw : {};
   let specificChannelId: number | undefined;
   if (ctx.specificChannelId !== undefined && ctx.specificChannelId !== null) {

@@ -9,6 +9,7 @@ import { callHook } from '../hooks';
 import { redactText } from '../logging/logger';
 import type { Runtime } from '../runtime';
 import { selectChannel } from '../selection/select';
+import { driveToPromise, type Steps } from '../steps';
 import { isRetryable } from './status-ranges';
 import { TRACE_HEADER, traceHeaderValue } from '../trace';
 import { ChannelStatus, type AffinityInfo, type Attempt, type Channel, type Distribution, type RequestContext, type RetryFailure, type StopReason } from '../types';
@@ -138,7 +139,7 @@ export class RequestRun implements Distribution {
    * Sets a channel up (key choice, then `options.setup`). On success it becomes the current
    * channel and `res.locals.channel`; on failure the attempt is recorded and false returned.
    */
-  async trySetup(ch: RegisteredChannel, group: string): Promise<boolean> {
+  *trySetup(ch: RegisteredChannel, group: string): Steps<boolean> {
     this.markTried(ch.id);
     let view: Channel;
     let keyIndex: number | undefined;
@@ -146,7 +147,7 @@ export class RequestRun implements Distribution {
       const { key, index } = this.rt.keys.pick(ch);
       keyIndex = index;
       view = viewWithKey(ch, key, index);
-      if (this.rt.cfg.setup) await this.rt.cfg.setup(view, this.req, this.res);
+      if (this.rt.cfg.setup) yield this.rt.cfg.setup(view, this.req, this.res);
     } catch (e) {
       const reason = this.redact(e instanceof NoEnabledKeyError ? e.message : errorText(e), ch);
       this.lastSetupError = reason;
@@ -171,11 +172,11 @@ export class RequestRun implements Distribution {
    * Normal selection with setup fallback: up to `attempts` channels, never one twice; a
    * duplicate pick costs nothing because tried channels are excluded from the pick itself.
    */
-  async selectWithFallback(attempts: number, reason: 'select' | 'fallback' | 'retry', groups: readonly string[], startTier = 0): Promise<boolean> {
+  *selectWithFallback(attempts: number, reason: 'select' | 'fallback' | 'retry', groups: readonly string[], startTier = 0): Steps<boolean> {
     for (let n = 0; n < attempts; n++) {
       const next = this.pick(groups, startTier);
       if (!next) return false;
-      if (await this.trySetup(next.ch, next.group)) {
+      if (yield* this.trySetup(next.ch, next.group)) {
         // a first pick that only succeeded after a setup failure (or a stale pin) is a fallback
         const why = reason === 'select' && this.tried.length > 1 ? 'fallback' : reason;
         this.trace.push(`${why} ch=${next.ch.id}`);
@@ -276,7 +277,7 @@ export class RequestRun implements Distribution {
     const startTier = cfg.retry.tierStrategy === 'descend' ? this.groupUpstream : 0;
     const from = cur.id;
     // Setup failures here are bounded by the channel count (each channel is tried once).
-    let ok = await this.selectWithFallback(Number.MAX_SAFE_INTEGER, 'retry', groups, startTier);
+    let ok = await driveToPromise(this.selectWithFallback(Number.MAX_SAFE_INTEGER, 'retry', groups, startTier));
     if (!ok && this.canWaitFor(cur, failure.retryAfterMs)) {
       // the wait ends early when the client goes away (finalize wakes it)
       await new Promise<void>((resolve) => {
