@@ -82,25 +82,35 @@ function sha256(text: string): string {
 }
 
 /**
- * Recent scope -> digest results. A session sends the same scope on every request, and the
- * SHA-256 (a native call) was the largest single cost of the middleware under load. Bounded in
- * entries and in scope length; the oldest entry goes first. Pure, so one cache serves every
- * distributor of the process.
+ * Recent digests, by value. A session sends the same value on every request, and the SHA-256 (a
+ * native call) was the largest single cost of the middleware under load. An entry is used only
+ * when every other part of the scope is equal too; the cache is bounded in entries and in value
+ * length, the oldest entry goes first. Pure, so one cache serves every distributor of the process.
  */
 const DIGESTS_MAX = 4096;
-const DIGEST_SCOPE_MAX = 512;
-const digests = new Map<string, string>();
+const DIGEST_VALUE_MAX = 512;
+interface DigestEntry {
+  name: string;
+  model: string;
+  group: string;
+  caller: string;
+  digest: string;
+}
+const digests = new Map<string, DigestEntry>();
 
-/** SHA-256 (base64url) of a key scope, from the recent-results cache when it is there. */
-export function hashScope(scope: string): string {
-  if (scope.length > DIGEST_SCOPE_MAX) return sha256(scope);
-  let d = digests.get(scope);
-  if (d === undefined) {
-    d = sha256(scope);
-    if (digests.size >= DIGESTS_MAX) digests.delete(digests.keys().next().value as string);
-    digests.set(scope, d);
+/**
+ * SHA-256 (base64url) of the scope: length-prefixed parts, so no choice of model, group or value
+ * can forge another caller's scope.
+ */
+export function scopeDigest(name: string, model: string, group: string, caller: string, value: string): string {
+  const e = value.length > DIGEST_VALUE_MAX ? undefined : digests.get(value);
+  if (e !== undefined && e.name === name && e.model === model && e.group === group && e.caller === caller) return e.digest;
+  const digest = sha256(`${name.length}:${name}${model.length}:${model}${group.length}:${group}${caller.length}:${caller}${value.length}:${value}`);
+  if (value.length <= DIGEST_VALUE_MAX) {
+    if (e === undefined && digests.size >= DIGESTS_MAX) digests.delete(digests.keys().next().value as string);
+    digests.set(value, { name, model, group, caller, digest });
   }
-  return d;
+  return digest;
 }
 
 /** Short hex fingerprint of a value (for logs): not reversible, stable across instances. */
@@ -143,12 +153,8 @@ export function matchAffinity(rules: readonly CompiledRule[], input: KeyInput): 
     const caller = input.ctx.tokenId !== undefined && input.ctx.tokenId !== null && input.ctx.tokenId !== ''
       ? `t:${String(input.ctx.tokenId)}`
       : input.ctx.userId !== undefined && input.ctx.userId !== null && input.ctx.userId !== '' ? `u:${String(input.ctx.userId)}` : '';
-    // Length-prefixed parts: no choice of model, group or value can forge another caller's scope.
-    const name = rule.includeRuleName ? rule.name : '';
-    const model = rule.includeModelName ? input.model : '';
-    const group = rule.includeUsingGroup ? input.group : '';
-    const scope = `${name.length}:${name}${model.length}:${model}${group.length}:${group}${caller.length}:${caller}${value.length}:${value}`;
-    return new AffinityMatch(rule, rule.keyPrefix + hashScope(scope), value);
+    const digest = scopeDigest(rule.includeRuleName ? rule.name : '', rule.includeModelName ? input.model : '', rule.includeUsingGroup ? input.group : '', caller, value);
+    return new AffinityMatch(rule, rule.keyPrefix + digest, value);
   }
   return undefined;
 }

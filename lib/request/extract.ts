@@ -2,7 +2,7 @@
 import type { Request } from 'express';
 import { badRequest } from '../errors';
 import type { ExtractedRequest } from '../types';
-import type { Steps } from '../steps';
+import { isThenable, type Steps } from '../steps';
 import { bodyAlreadyRead, bodyKind, markBodyRead, multipartField, readRaw } from './body';
 
 export interface ParsedRequest {
@@ -127,7 +127,8 @@ export function* parseRequest(req: Request, cfg: ParseConfig): Steps<ParsedReque
   let model: string | undefined;
   let bodyGroup: string | undefined;
   if (cfg.extractModel) {
-    const out = (yield cfg.extractModel(req)) as Awaited<ReturnType<NonNullable<ParseConfig['extractModel']>>>;
+    const got = cfg.extractModel(req);
+    const out = isThenable(got) ? ((yield got) as Awaited<typeof got>) : got;
     if (typeof out === 'string') model = out;
     else if (out && typeof out === 'object') {
       if (out.model !== undefined && out.model !== null && typeof out.model !== 'string') throw badRequest('Invalid request: extractModel returned a non-string model');

@@ -4,7 +4,7 @@ import type { Request, Response } from 'express';
 import { DistributorError } from '../errors';
 import type { Config } from '../options';
 import type { RequestContext } from '../types';
-import type { Steps } from '../steps';
+import { isThenable, type Steps } from '../steps';
 import type { ParsedRequest } from './extract';
 
 export interface Routing {
@@ -17,7 +17,8 @@ export interface Routing {
 }
 
 export function* resolveRouting(req: Request, res: Response, cfg: Config, parsed: ParsedRequest): Steps<Routing> {
-  const raw = (yield cfg.context(req, res)) as Awaited<ReturnType<Config['context']>>;
+  const got = cfg.context(req, res);
+  const raw = isThenable(got) ? ((yield got) as Awaited<typeof got>) : got;
   const ctx: RequestContext = raw && typeof raw === 'object' ? raw : {};
   let specificChannelId: number | undefined;
   if (ctx.specificChannelId !== undefined && ctx.specificChannelId !== null) {

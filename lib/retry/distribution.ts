@@ -9,7 +9,7 @@ import { callHook } from '../hooks';
 import { redactText } from '../logging/logger';
 import type { Runtime } from '../runtime';
 import { selectChannel } from '../selection/select';
-import { driveToPromise, type Steps } from '../steps';
+import { driveToPromise, isThenable, type Steps } from '../steps';
 import { isRetryable } from './status-ranges';
 import { TRACE_HEADER, traceHeaderValue } from '../trace';
 import { ChannelStatus, type AffinityInfo, type Attempt, type Channel, type Distribution, type RequestContext, type RetryFailure, type StopReason } from '../types';
@@ -93,18 +93,26 @@ export class RequestRun implements Distribution {
     return out;
   }
 
-  /** The relay's call after an upstream failure (bound, so it may be destructured). */
-  retry = (failure: RetryFailure = {}): Promise<Channel | null> => {
-    // Overlapping calls for the same failure share one decision instead of racing each other.
-    if (this.inflight) return this.inflight;
-    const p = this.doRetry(failure ?? {});
-    this.inflight = p;
-    const clear = () => {
-      if (this.inflight === p) this.inflight = undefined;
-    };
-    p.then(clear, clear);
-    return p;
-  };
+  private boundRetry?: (failure?: RetryFailure) => Promise<Channel | null>;
+  private boundFail?: (failure?: RetryFailure) => Promise<void>;
+
+  /**
+   * The relay's call after an upstream failure (bound, so it may be destructured). Created on
+   * first use: most requests never fail, and a closure per request is not free.
+   */
+  get retry(): (failure?: RetryFailure) => Promise<Channel | null> {
+    return (this.boundRetry ??= (failure: RetryFailure = {}) => {
+      // Overlapping calls for the same failure share one decision instead of racing each other.
+      if (this.inflight) return this.inflight;
+      const p = this.doRetry(failure ?? {});
+      this.inflight = p;
+      const clear = () => {
+        if (this.inflight === p) this.inflight = undefined;
+      };
+      p.then(clear, clear);
+      return p;
+    });
+  }
 
   // ---- selection and setup ------------------------------------------------------------------
 
@@ -147,7 +155,8 @@ export class RequestRun implements Distribution {
       const { key, index } = this.rt.keys.pick(ch);
       keyIndex = index;
       view = viewWithKey(ch, key, index);
-      if (this.rt.cfg.setup) yield this.rt.cfg.setup(view, this.req, this.res);
+      const done = this.rt.cfg.setup?.(view, this.req, this.res);
+      if (isThenable(done)) yield done;
     } catch (e) {
       const reason = this.redact(e instanceof NoEnabledKeyError ? e.message : errorText(e), ch);
       this.lastSetupError = reason;
@@ -242,11 +251,13 @@ export class RequestRun implements Distribution {
    * the response was committed: the attempt, health and pin clearing are recorded, no channel is
    * picked. Calling it (or `retry()`) again for the same attempt records nothing more.
    */
-  fail = (failure: RetryFailure = {}): Promise<void> => {
-    const cur = this.current;
-    if (!cur || this.finished) return Promise.resolve();
-    return this.noteFailure(cur, failure ?? {}).then(() => undefined);
-  };
+  get fail(): (failure?: RetryFailure) => Promise<void> {
+    return (this.boundFail ??= (failure: RetryFailure = {}) => {
+      const cur = this.current;
+      if (!cur || this.finished) return Promise.resolve();
+      return this.noteFailure(cur, failure ?? {}).then(() => undefined);
+    });
+  }
 
   private async doRetry(failure: RetryFailure): Promise<Channel | null> {
     const { cfg, counters } = this.rt;
