@@ -1,5 +1,6 @@
 // Shared bench helpers: spawn a server, wait for its port, run autocannon, read server CPU.
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import os from 'node:os';
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import autocannon from 'autocannon';
@@ -46,6 +47,22 @@ export async function stop(s: Server): Promise<void> {
     });
     s.proc.kill('SIGTERM');
   });
+}
+
+/**
+ * Pins the load generator (this process) to CPU 0 and the servers to CPU 1 with `taskset`, so the
+ * two do not migrate between the cores and take turns on one (on a 2-core machine this halved
+ * the round-to-round spread). No-op with PIN=0, without taskset or with fewer than 2 CPUs.
+ */
+export function pinCpus(servers: Server[]): boolean {
+  if (process.env.PIN === '0' || os.cpus().length < 2) return false;
+  try {
+    execFileSync('taskset', ['-pc', '0', String(process.pid)], { stdio: 'ignore' });
+    for (const s of servers) execFileSync('taskset', ['-apc', '1', String(s.proc.pid)], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** CPU time (user+sys, in µs) a process has used so far, from /proc. */

@@ -1,12 +1,12 @@
 // Middleware overhead: the same Express app (express.json() + fixed reply) with and without
 // distributor() in front (memory store, and RedisStore on a local redis-server), measured in
 // alternating rounds (A B C / C B A / ...) so machine drift cancels; ratios are per round.
-//   npx tsx bench/middleware.ts          env: DURATION [8] s, ROUNDS [4], CONNECTIONS [50], REDIS_URL
+//   npx tsx bench/middleware.ts          env: DURATION [8] s, ROUNDS [6], CONNECTIONS [50], REDIS_URL
 import path from 'node:path';
-import { load, median, start, stop, type LoadResult } from './lib';
+import { load, median, pinCpus, start, stop, type LoadResult } from './lib';
 
 const DURATION = Number(process.env.DURATION ?? 8);
-const ROUNDS = Number(process.env.ROUNDS ?? 4);
+const ROUNDS = Number(process.env.ROUNDS ?? 6);
 const CONNECTIONS = Number(process.env.CONNECTIONS ?? 50);
 const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const script = path.join(__dirname, 'servers', 'middleware-app.cjs');
@@ -21,6 +21,7 @@ export async function runMiddlewareBench(): Promise<string> {
     const [mode, dist] = m.split('@');
     servers.push(await start(m, script, port++, { MODE: mode, REDIS_URL, ...(dist ? { DIST: dist } : {}) }));
   }
+  const pinned = pinCpus(servers);
   const results: Record<string, LoadResult[]> = Object.fromEntries(modes.map((m) => [m, []]));
   try {
     for (const s of servers) await load(s, { path: '/v1/responses', body, duration: 2, connections: CONNECTIONS }); // warm-up
@@ -37,7 +38,7 @@ export async function runMiddlewareBench(): Promise<string> {
     for (const s of servers) await stop(s);
   }
   const lines = [
-    `Middleware overhead (${ROUNDS} alternating rounds x ${DURATION}s, ${CONNECTIONS} connections; POST /v1/responses with a prompt_cache_key, 20 channels / 3 tiers, default affinity rules)`,
+    `Middleware overhead (${ROUNDS} alternating rounds x ${DURATION}s, ${CONNECTIONS} connections${pinned ? ', load generator on CPU 0 and servers on CPU 1' : ''}; POST /v1/responses with a prompt_cache_key, 20 channels / 3 tiers, default affinity rules)`,
     '',
     '| app | req/s (median) | ratio to bare (median of per-round ratios) | p50 ms | p99 ms | server CPU µs/req |',
     '|---|---:|---:|---:|---:|---:|',

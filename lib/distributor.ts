@@ -7,11 +7,11 @@ import type { ChannelRegistry } from './channels/registry';
 import { DistributorError, errorBody } from './errors';
 import { callHook, markStart } from './hooks';
 import { resolveOptions, type Config } from './options';
-import { parseRequest, type ParsedRequest } from './request/extract';
+import { parseRequestNow, parseRequest, type ParsedRequest } from './request/extract';
 import { resolveRouting } from './request/routing';
 import { RequestRun } from './retry/distribution';
 import { createRuntime, type Runtime } from './runtime';
-import { drive, type Steps } from './steps';
+import { drive, isThenable, type Steps } from './steps';
 import { TRACE_HEADER, traceHeaderValue } from './trace';
 import type { Store } from './stores/store';
 import { ChannelStatus, type Channel, type ChannelHealth, type DistributorOptions } from './types';
@@ -67,8 +67,9 @@ function* distribute(rt: Runtime, req: Request, res: Response): Steps<'next' | D
     res.locals.distribution = notSelected(rt, req, res);
     return 'next';
   }
-  const parsed = yield* parseRequest(req, cfg);
-  const routing = yield* resolveRouting(req, res, cfg, parsed);
+  const parsed = parseRequestNow(req, cfg) ?? (yield* parseRequest(req, cfg));
+  const context = cfg.context(req, res);
+  const routing = resolveRouting(cfg, isThenable(context) ? ((yield context) as Awaited<typeof context>) : context, parsed);
   const run = new RequestRun(rt, req, res, routing.ctx, parsed.model, routing.group, routing.groups, routing.specificChannelId !== undefined);
   res.locals.distribution = run;
   rt.counters.active++;
@@ -101,7 +102,8 @@ function* specificChannel(rt: Runtime, run: RequestRun, req: Request, res: Respo
     const m = matchAffinity(rt.cfg.affinity.rules, { req, res, model: run.model, path: parsed.path, group: run.group, ctx: run.ctx, body: parsed.body });
     if (m) (run.secrets ??= []).push(m.rawValue);
   }
-  if (!(yield* run.trySetup(ch, run.group))) {
+  const setUp = run.trySetup(ch, run.group);
+  if (!(isThenable(setUp) ? yield setUp : setUp)) {
     const last = run.attempts[run.attempts.length - 1]?.reason ?? 'setup failed';
     return new DistributorError('channel_setup_failed', `Channel ${id} could not be set up: ${last}`, 503);
   }

@@ -58,6 +58,11 @@ function sourceValue(s: CompiledSource, input: KeyInput): string {
   }
 }
 
+function anyMatches(patterns: readonly RegExp[], text: string): boolean {
+  for (const r of patterns) if (r.test(text)) return true;
+  return false;
+}
+
 function ruleMatches(rule: CompiledRule, input: KeyInput): boolean {
   if (rule.neverMatches) return false;
   // The model and the path are the caller's: operator patterns never run over more than
@@ -65,8 +70,8 @@ function ruleMatches(rule: CompiledRule, input: KeyInput): boolean {
   // length of a hostile model). No real model or API path is that long: such a request has no
   // affinity and goes on to normal selection.
   if (input.model.length > MAX_MATCHED_VALUE || input.path.length > MAX_MATCHED_VALUE) return false;
-  if (!rule.modelRegex.some((r) => r.test(input.model))) return false;
-  if (rule.pathRegex && !rule.pathRegex.some((r) => r.test(input.path))) return false;
+  if (!anyMatches(rule.modelRegex, input.model)) return false;
+  if (rule.pathRegex && !anyMatches(rule.pathRegex, input.path)) return false;
   if (rule.userAgentInclude) {
     const ua = (input.req.headers['user-agent'] ?? '').toLowerCase();
     if (!ua || !rule.userAgentInclude.some((u) => ua.includes(u))) return false;

@@ -6,7 +6,7 @@ import { callHook } from '../hooks';
 import type { ParsedRequest } from '../request/extract';
 import type { RequestRun } from '../retry/distribution';
 import type { Runtime } from '../runtime';
-import type { Steps } from '../steps';
+import { isThenable, type Steps } from '../steps';
 import type { MemoryStore } from '../stores/memory';
 import { ChannelStatus, type Channel, type StaleReason } from '../types';
 import { matchAffinity } from './key';
@@ -16,7 +16,13 @@ function checkPin(rt: Runtime, run: RequestRun, id: number): { reason: StaleReas
   const ch = rt.registry.get(id);
   if (!ch) return { reason: 'missing' };
   if (ch.status !== ChannelStatus.Enabled) return { reason: 'disabled' };
-  const group = run.groups.find((g) => rt.registry.serves(id, g, run.model));
+  let group: string | undefined;
+  for (const g of run.groups) {
+    if (rt.registry.serves(id, g, run.model)) {
+      group = g;
+      break;
+    }
+  }
   if (group === undefined) return { reason: 'ineligible' };
   if (rt.health.isCooling(id)) return { reason: 'cooling' };
   return { ch, group };
@@ -55,15 +61,19 @@ export function* usePin(rt: Runtime, run: RequestRun, req: Request, res: Respons
   info.hit = true;
   run.pinnedId = pinned;
   const checked = checkPin(rt, run, pinned);
-  let stale: StaleReason | undefined;
+  let stale: StaleReason;
   if ('reason' in checked) stale = checked.reason;
-  else if (yield* run.trySetup(checked.ch, checked.group)) {
-    info.used = true;
-    run.trace.push(`affinity:hit ch=${pinned}`);
-    if (cfg.on.affinityHit) callHook(cfg, 'affinityHit', { req, rule: match.rule.name, channelId: pinned, fingerprint: match.fingerprint });
-    callHook(cfg, 'select', { req, channel: res.locals.channel as Channel, group: checked.group, model: run.model, reason: 'affinity' });
-    return true;
-  } else stale = 'setup_failed';
+  else {
+    const setUp = run.trySetup(checked.ch, checked.group);
+    if (isThenable(setUp) ? yield setUp : setUp) {
+      info.used = true;
+      run.trace.push(`affinity:hit ch=${pinned}`);
+      if (cfg.on.affinityHit) callHook(cfg, 'affinityHit', { req, rule: match.rule.name, channelId: pinned, fingerprint: match.fingerprint });
+      if (cfg.on.select) callHook(cfg, 'select', { req, channel: res.locals.channel as Channel, group: checked.group, model: run.model, reason: 'affinity' });
+      return true;
+    }
+    stale = 'setup_failed';
+  }
   info.stale = stale;
   if (!cfg.affinity.keepOnChannelDisabled) {
     info.cleared = (yield rt.guard.run('clearPin', () => cfg.store.clearPin(match.key, pinned), false)) as boolean;

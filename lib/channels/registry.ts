@@ -16,6 +16,8 @@ export interface RegisteredChannel {
   readonly disabledKeys: ReadonlySet<number>;
   readonly multiKeyMode: 'random' | 'polling';
   readonly autoBan: boolean;
+  /** @internal `models` as a set, for channels with many models (affinity checks a pin with it). */
+  readonly modelSet?: ReadonlySet<string>;
   /** The frozen `res.locals.channel` view without a chosen key. */
   view: Channel;
   readonly input: Readonly<ChannelInput>;
@@ -128,6 +130,7 @@ export function normalizeChannel(input: ChannelInput): RegisteredChannel {
     multiKeyMode,
     autoBan: input.autoBan ?? true,
     input: Object.freeze({ ...input }),
+    modelSet: models.length > 8 ? new Set(models) : undefined,
   };
   return Object.assign(base, { view: buildView(base) });
 }
@@ -242,7 +245,7 @@ export class ChannelRegistry {
   serves(id: number, group: string, model: string): boolean {
     const ch = this.byId.get(id);
     if (!ch || ch.status !== ChannelStatus.Enabled || !ch.groups.includes(group)) return false;
-    return ch.models.includes(model) || ch.models.includes(normalizeModelName(model));
+    return hasModel(ch, model) || hasModel(ch, normalizeModelName(model));
   }
 
   /** @internal subscribe to changes; returns the unsubscribe function. */
@@ -305,6 +308,10 @@ function buildTiers(chans: RegisteredChannel[]): Tier[] {
       }
       return { priority, channels, packed, totalWeight: sum };
     });
+}
+
+function hasModel(ch: RegisteredChannel, model: string): boolean {
+  return ch.modelSet ? ch.modelSet.has(model) : ch.models.includes(model);
 }
 
 /** new-api's `FormatMatchingModelName`: gizmo models match a `-*` wildcard entry. */

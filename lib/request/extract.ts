@@ -52,23 +52,25 @@ function stringField(body: Record<string, unknown> | undefined, field: 'model' |
   return v;
 }
 
+/** The body object a parser (express.json(), urlencoded, raw, text) already left on the request. */
+function parsedBody(req: Request): Record<string, unknown> | undefined {
+  const b: unknown = req.body;
+  if (isPlainObject(b)) return b;
+  const kind = bodyKind(req.headers['content-type']);
+  // express.raw() / express.text() consumed the stream and left the bytes: read the fields
+  // from them, leaving req.body as the user's parser set it.
+  if ((Buffer.isBuffer(b) || typeof b === 'string') && (kind === 'json' || kind === 'form')) {
+    const raw = Buffer.isBuffer(b) ? b : Buffer.from(b, 'utf8');
+    return kind === 'json' ? parseJsonBody(raw) : parseFormBody(raw);
+  }
+  if (kind === 'json' && b !== undefined && b !== null && !(typeof b === 'string' && b === '')) {
+    throw badRequest('Invalid request: the JSON body must be an object');
+  }
+  return undefined;
+}
+
 /** Reads the body when no parser did, and returns the parsed object (if any). */
 function* readBody(req: Request, cfg: ParseConfig): Steps<{ body?: Record<string, unknown>; multipartModel?: string }> {
-  if (bodyAlreadyRead(req)) {
-    const b: unknown = req.body;
-    if (isPlainObject(b)) return { body: b };
-    const kind = bodyKind(req.headers['content-type']);
-    // express.raw() / express.text() consumed the stream and left the bytes: read the fields
-    // from them, leaving req.body as the user's parser set it.
-    if ((Buffer.isBuffer(b) || typeof b === 'string') && (kind === 'json' || kind === 'form')) {
-      const raw = Buffer.isBuffer(b) ? b : Buffer.from(b, 'utf8');
-      return { body: kind === 'json' ? parseJsonBody(raw) : parseFormBody(raw) };
-    }
-    if (kind === 'json' && b !== undefined && b !== null && !(typeof b === 'string' && b === '')) {
-      throw badRequest('Invalid request: the JSON body must be an object');
-    }
-    return {};
-  }
   const ct = req.headers['content-type'];
   const kind = bodyKind(ct);
   if (kind === 'json') {
@@ -120,13 +122,22 @@ function isBlank(buf: Buffer): boolean {
   return true;
 }
 
+/**
+ * `parseRequest()` without a generator, for the common case: a body parser already ran and there
+ * is no `extractModel`. Undefined when `parseRequest()` must run instead.
+ */
+export function parseRequestNow(req: Request, cfg: ParseConfig): ParsedRequest | undefined {
+  if (cfg.extractModel || !bodyAlreadyRead(req)) return undefined;
+  return fromBody(req, pathOf(req), parsedBody(req), undefined);
+}
+
 /** Parses the model and the body group following API.md section 3. Throws 400/413 DistributorErrors. */
 export function* parseRequest(req: Request, cfg: ParseConfig): Steps<ParsedRequest> {
   const path = pathOf(req);
-  const { body, multipartModel } = yield* readBody(req, cfg);
-  let model: string | undefined;
-  let bodyGroup: string | undefined;
+  const { body, multipartModel } = bodyAlreadyRead(req) ? { body: parsedBody(req), multipartModel: undefined } : yield* readBody(req, cfg);
   if (cfg.extractModel) {
+    let model: string | undefined;
+    let bodyGroup: string | undefined;
     const got = cfg.extractModel(req);
     const out = isThenable(got) ? ((yield got) as Awaited<typeof got>) : got;
     if (typeof out === 'string') model = out;
@@ -138,8 +149,13 @@ export function* parseRequest(req: Request, cfg: ParseConfig): Steps<ParsedReque
     }
     return { path, model: model ?? '', bodyGroup: bodyGroup || undefined, body };
   }
-  model = multipartModel ?? stringField(body, 'model');
-  bodyGroup = stringField(body, 'group');
+  return fromBody(req, path, body, multipartModel);
+}
+
+/** The model (body, path, query, path defaults) and the body group, in API.md section 3's order. */
+function fromBody(req: Request, path: string, body: Record<string, unknown> | undefined, multipartModel: string | undefined): ParsedRequest {
+  let model = multipartModel ?? stringField(body, 'model');
+  const bodyGroup = stringField(body, 'group');
   if (path.startsWith('/v1beta/models/') || path.startsWith('/v1/models/')) {
     const rest = path.slice(path.indexOf('/models/') + 8);
     const colon = rest.indexOf(':');

@@ -1,10 +1,8 @@
 // The caller's routing: using group, body group override, auto groups, and the token checks
 // (specific channel id and model limits) in the order API.md section 4 fixes.
-import type { Request, Response } from 'express';
 import { DistributorError } from '../errors';
 import type { Config } from '../options';
 import type { RequestContext } from '../types';
-import { isThenable, type Steps } from '../steps';
 import type { ParsedRequest } from './extract';
 
 export interface Routing {
@@ -16,9 +14,8 @@ export interface Routing {
   specificChannelId?: number;
 }
 
-export function* resolveRouting(req: Request, res: Response, cfg: Config, parsed: ParsedRequest): Steps<Routing> {
-  const got = cfg.context(req, res);
-  const raw = isThenable(got) ? ((yield got) as Awaited<typeof got>) : got;
+/** Routing from the context `options.context` returned (awaited by the caller) and the parsed request. */
+export function resolveRouting(cfg: Config, raw: RequestContext | undefined, parsed: ParsedRequest): Routing {
   const ctx: RequestContext = raw && typeof raw === 'object' ? raw : {};
   let specificChannelId: number | undefined;
   if (ctx.specificChannelId !== undefined && ctx.specificChannelId !== null) {

@@ -146,26 +146,28 @@ export class RequestRun implements Distribution {
   /**
    * Sets a channel up (key choice, then `options.setup`). On success it becomes the current
    * channel and `res.locals.channel`; on failure the attempt is recorded and false returned.
+   * Synchronous unless `setup` returns a promise (then the answer is a promise too).
    */
-  *trySetup(ch: RegisteredChannel, group: string): Steps<boolean> {
+  trySetup(ch: RegisteredChannel, group: string): boolean | Promise<boolean> {
     this.markTried(ch.id);
     let view: Channel;
     let keyIndex: number | undefined;
+    let done: unknown;
     try {
       const { key, index } = this.rt.keys.pick(ch);
       keyIndex = index;
       view = viewWithKey(ch, key, index);
-      const done = this.rt.cfg.setup?.(view, this.req, this.res);
-      if (isThenable(done)) yield done;
+      done = this.rt.cfg.setup?.(view, this.req, this.res);
     } catch (e) {
-      const reason = this.redact(e instanceof NoEnabledKeyError ? e.message : errorText(e), ch);
-      this.lastSetupError = reason;
-      this.attempts.push({ channelId: ch.id, phase: 'setup', reason });
-      this.trace.push(`setup_failed ch=${ch.id}`);
-      callHook(this.rt.cfg, 'fallback', { req: this.req, channelId: ch.id, error: reason });
-      this.rt.cfg.logger.warn('channel setup failed, falling back', { channelId: ch.id, error: reason });
-      return false;
+      return this.setupFailed(ch, e);
     }
+    if (isThenable(done)) {
+      return Promise.resolve(done).then(() => this.setupDone(ch, group, view, keyIndex), (e: unknown) => this.setupFailed(ch, e));
+    }
+    return this.setupDone(ch, group, view, keyIndex);
+  }
+
+  private setupDone(ch: RegisteredChannel, group: string, view: Channel, keyIndex: number | undefined): true {
     this.current = ch;
     this.currentKeyIndex = keyIndex;
     this.firstChosen ??= ch.id;
@@ -177,6 +179,16 @@ export class RequestRun implements Distribution {
     return true;
   }
 
+  private setupFailed(ch: RegisteredChannel, e: unknown): false {
+    const reason = this.redact(e instanceof NoEnabledKeyError ? e.message : errorText(e), ch);
+    this.lastSetupError = reason;
+    this.attempts.push({ channelId: ch.id, phase: 'setup', reason });
+    this.trace.push(`setup_failed ch=${ch.id}`);
+    callHook(this.rt.cfg, 'fallback', { req: this.req, channelId: ch.id, error: reason });
+    this.rt.cfg.logger.warn('channel setup failed, falling back', { channelId: ch.id, error: reason });
+    return false;
+  }
+
   /**
    * Normal selection with setup fallback: up to `attempts` channels, never one twice; a
    * duplicate pick costs nothing because tried channels are excluded from the pick itself.
@@ -185,11 +197,12 @@ export class RequestRun implements Distribution {
     for (let n = 0; n < attempts; n++) {
       const next = this.pick(groups, startTier);
       if (!next) return false;
-      if (yield* this.trySetup(next.ch, next.group)) {
+      const setUp = this.trySetup(next.ch, next.group);
+      if (isThenable(setUp) ? yield setUp : setUp) {
         // a first pick that only succeeded after a setup failure (or a stale pin) is a fallback
         const why = reason === 'select' && this.tried.length > 1 ? 'fallback' : reason;
         this.trace.push(`${why} ch=${next.ch.id}`);
-        callHook(this.rt.cfg, 'select', { req: this.req, channel: this.res.locals.channel as Channel, group: next.group, model: this.model, reason: why });
+        if (this.rt.cfg.on.select) callHook(this.rt.cfg, 'select', { req: this.req, channel: this.res.locals.channel as Channel, group: next.group, model: this.model, reason: why });
         return true;
       }
     }
