@@ -567,6 +567,18 @@ describe('keys: the SHA-256 of a length-prefixed scope (recent digests are cache
     }
   });
 
+  test('two rules, the same value: each rule keeps its own key, asked in turns', () => {
+    const [a, b] = compileRules([noSkipCodex({ name: 'rule a' }), noSkipCodex({ name: 'rule b', includeRuleName: false })], 3600);
+    const input = {
+      req: { headers: {}, query: {} } as unknown as Request, res: { locals: {} } as unknown as Response,
+      model: 'gpt-5', path: '/v1/responses', group: 'default', ctx: {}, body: { prompt_cache_key: 'shared-value' },
+    };
+    for (let i = 0; i < 3; i++) {
+      expect(matchAffinity([a], input)?.key).toBe(`aff:rule%20a:${sha(scoped('rule a', '', 'default', '', 'shared-value'))}`);
+      expect(matchAffinity([b], input)?.key).toBe(`aff:_:${sha(scoped('', '', 'default', '', 'shared-value'))}`);
+    }
+  });
+
   test('after more distinct sessions than the cache holds, every key is still the same digest', () => {
     const [rule] = compileRules([noSkipCodex()], 3600);
     const key = (value: string) => matchAffinity([rule], {

@@ -87,35 +87,41 @@ function sha256(text: string): string {
 }
 
 /**
- * Recent digests, by value. A session sends the same value on every request, and the SHA-256 (a
- * native call) was the largest single cost of the middleware under load. An entry is used only
- * when every other part of the scope is equal too; the cache is bounded in entries and in value
- * length, the oldest entry goes first. Pure, so one cache serves every distributor of the process.
+ * Recent pin keys, by value. A session sends the same value on every request, and the SHA-256 (a
+ * native call) was the largest single cost of the middleware under load; handing out the same key
+ * string also lets the store's lookup reuse it as is. An entry is used only when the rule and every
+ * other part of the scope are equal too; the cache is bounded in entries and in value length, the
+ * oldest entry goes first. Pure, so one cache serves every distributor of the process.
  */
-const DIGESTS_MAX = 4096;
-const DIGEST_VALUE_MAX = 512;
-interface DigestEntry {
-  name: string;
+const KEYS_MAX = 4096;
+const KEY_VALUE_MAX = 512;
+interface KeyEntry {
+  rule: CompiledRule;
   model: string;
   group: string;
   caller: string;
-  digest: string;
+  key: string;
 }
-const digests = new Map<string, DigestEntry>();
+const recentKeys = new Map<string, KeyEntry>();
 
 /**
- * SHA-256 (base64url) of the scope: length-prefixed parts, so no choice of model, group or value
- * can forge another caller's scope.
+ * The pin key `aff:<rule part>:<SHA-256 of the scope>`. The scope is length-prefixed parts, so no
+ * choice of model, group or value can forge another caller's scope.
  */
-export function scopeDigest(name: string, model: string, group: string, caller: string, value: string): string {
-  const e = value.length > DIGEST_VALUE_MAX ? undefined : digests.get(value);
-  if (e !== undefined && e.name === name && e.model === model && e.group === group && e.caller === caller) return e.digest;
-  const digest = sha256(`${name.length}:${name}${model.length}:${model}${group.length}:${group}${caller.length}:${caller}${value.length}:${value}`);
-  if (value.length <= DIGEST_VALUE_MAX) {
-    if (e === undefined && digests.size >= DIGESTS_MAX) digests.delete(digests.keys().next().value as string);
-    digests.set(value, { name, model, group, caller, digest });
+export function pinKeyOf(rule: CompiledRule, model: string, group: string, caller: string, value: string): string {
+  // only the parts the rule keys on: a model the rule leaves out does not make a new key
+  const m = rule.includeModelName ? model : '';
+  const g = rule.includeUsingGroup ? group : '';
+  const cacheable = value.length <= KEY_VALUE_MAX;
+  const e = cacheable ? recentKeys.get(value) : undefined;
+  if (e !== undefined && e.rule === rule && e.model === m && e.group === g && e.caller === caller) return e.key;
+  const name = rule.includeRuleName ? rule.name : '';
+  const key = rule.keyPrefix + sha256(`${name.length}:${name}${m.length}:${m}${g.length}:${g}${caller.length}:${caller}${value.length}:${value}`);
+  if (cacheable) {
+    if (e === undefined && recentKeys.size >= KEYS_MAX) recentKeys.delete(recentKeys.keys().next().value as string);
+    recentKeys.set(value, { rule, model: m, group: g, caller, key });
   }
-  return digest;
+  return key;
 }
 
 /** Short hex fingerprint of a value (for logs): not reversible, stable across instances. */
@@ -158,8 +164,7 @@ export function matchAffinity(rules: readonly CompiledRule[], input: KeyInput): 
     const caller = input.ctx.tokenId !== undefined && input.ctx.tokenId !== null && input.ctx.tokenId !== ''
       ? `t:${String(input.ctx.tokenId)}`
       : input.ctx.userId !== undefined && input.ctx.userId !== null && input.ctx.userId !== '' ? `u:${String(input.ctx.userId)}` : '';
-    const digest = scopeDigest(rule.includeRuleName ? rule.name : '', rule.includeModelName ? input.model : '', rule.includeUsingGroup ? input.group : '', caller, value);
-    return new AffinityMatch(rule, rule.keyPrefix + digest, value);
+    return new AffinityMatch(rule, pinKeyOf(rule, input.model, input.group, caller, value), value);
   }
   return undefined;
 }
