@@ -1,7 +1,7 @@
 // Admin helpers over a distributor (clear and count pins, read a channel's health) and an
 // optional Express router exposing them behind a guard the user supplies.
 import { Router, type NextFunction, type Request, type RequestHandler, type Response } from 'express';
-import { rulePart } from './affinity/key';
+import { rulePart } from './affinity/rules';
 import { runtimeOf, type DistributorHandler } from './distributor';
 import { DistributorError, errorBody } from './errors';
 import type { Runtime } from './runtime';

@@ -3,7 +3,7 @@
 // Not a test file by itself: memory-store.test.ts, redis-store.test.ts and redis-cluster.test.ts run it.
 import { randomBytes } from 'node:crypto';
 import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
-import { rulePart } from '../../lib/affinity/key';
+import { rulePart } from '../../lib/affinity/rules';
 import type { Store, StoreEvent } from '../../lib/stores/store';
 import { ChannelStatus } from '../../lib/types';
 

@@ -129,11 +129,6 @@ export function fingerprint(value: string): string {
   return (oneShot ? oneShot('sha256', value, 'hex') : crypto.createHash('sha256').update(value).digest('hex')).slice(0, 12);
 }
 
-/** Rule part of a key: the encoded rule name, or `_` when the rule does not include it. */
-export function rulePart(rule: { name: string; includeRuleName: boolean }): string {
-  return rule.includeRuleName ? encodeURIComponent(rule.name) : '_';
-}
-
 /**
  * The rule name of a pin key (`aff:<rule part>:<hash>`, without the store prefix): the inverse of
  * `rulePart()`, `_` for rules without `includeRuleName`. Stores use it to count pins by rule.

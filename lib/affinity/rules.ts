@@ -1,7 +1,6 @@
 // Affinity rules: the defaults, compilation once at creation (regexes, paths), and the
 // import of new-api's `channel_affinity_setting` JSON.
 import { DistributorError, configError } from '../errors';
-import { rulePart } from './key';
 import { compilePath } from '../request/json-path';
 import type { AffinityOptions, AffinityRule, KeySource } from '../types';
 
@@ -92,6 +91,11 @@ function strList(rule: string, field: string, v: unknown): string[] | undefined 
   if (v === undefined || v === null) return undefined;
   if (!Array.isArray(v) || v.some((x) => typeof x !== 'string')) throw configError(`affinity rule "${rule}": ${field} must be an array of strings`);
   return v as string[];
+}
+
+/** Rule part of a key: the encoded rule name, or `_` when the rule does not include it. */
+export function rulePart(rule: { name: string; includeRuleName: boolean }): string {
+  return rule.includeRuleName ? encodeURIComponent(rule.name) : '_';
 }
 
 /** Compiles every rule once; throws `ERR_DIST_INVALID_OPTIONS` naming the rule on any invalid part. */

@@ -20,6 +20,8 @@ export interface RegisteredChannel {
   readonly modelSet?: ReadonlySet<string>;
   /** The frozen `res.locals.channel` view without a chosen key. */
   view: Channel;
+  /** @internal views with a chosen key, derived from `base` (rebuilt when `view` is replaced) */
+  keyViews?: { base: Channel; views: Channel[] };
   readonly input: Readonly<ChannelInput>;
 }
 
@@ -131,6 +133,7 @@ export function normalizeChannel(input: ChannelInput): RegisteredChannel {
     autoBan: input.autoBan ?? true,
     input: Object.freeze({ ...input }),
     modelSet: models.length > 8 ? new Set(models) : undefined,
+    keyViews: undefined,
   };
   return Object.assign(base, { view: buildView(base) });
 }

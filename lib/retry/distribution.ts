@@ -14,17 +14,16 @@ import { isRetryable } from './status-ranges';
 import { TRACE_HEADER, traceHeaderValue } from '../trace';
 import { ChannelStatus, type AffinityInfo, type Attempt, type Channel, type Distribution, type RequestContext, type RetryFailure, type StopReason } from '../types';
 
-const keyViews = new WeakMap<Channel, Channel[]>();
-
 /** Headers that carry the caller's credentials (OpenAI, Anthropic, Gemini, Azure styles). */
 const AUTH_HEADERS = ['authorization', 'proxy-authorization', 'x-api-key', 'x-goog-api-key', 'api-key'] as const;
 
-/** The frozen view of a channel with the key chosen for this request (cached per key index). */
-function viewWithKey(ch: RegisteredChannel, key: string | undefined, index: number | undefined): Channel {
-  if (key === undefined || index === undefined) return ch.view;
-  let views = keyViews.get(ch.view);
-  if (!views) keyViews.set(ch.view, (views = []));
-  return (views[index] ??= Object.freeze({ ...ch.view, key, keyIndex: index }) as Channel);
+/** The frozen view of a channel with key `index` chosen for this request (cached on the channel). */
+function viewWithKey(ch: RegisteredChannel, index: number): Channel {
+  if (index < 0) return ch.view;
+  let kv = ch.keyViews;
+  // a status change replaces ch.view, and with it every view derived from it
+  if (kv === undefined || kv.base !== ch.view) ch.keyViews = kv = { base: ch.view, views: [] };
+  return (kv.views[index] ??= Object.freeze({ ...ch.view, key: ch.keys[index], keyIndex: index }) as Channel);
 }
 
 function errorText(e: unknown): string {
@@ -154,9 +153,9 @@ export class RequestRun implements Distribution {
     let keyIndex: number | undefined;
     let done: unknown;
     try {
-      const { key, index } = this.rt.keys.pick(ch);
-      keyIndex = index;
-      view = viewWithKey(ch, key, index);
+      const index = this.rt.keys.pick(ch);
+      keyIndex = index < 0 ? undefined : index;
+      view = viewWithKey(ch, index);
       done = this.rt.cfg.setup?.(view, this.req, this.res);
     } catch (e) {
       return this.setupFailed(ch, e);
