@@ -122,8 +122,8 @@ out('### Registry rebuild (validate + index) for 10,000 channels');
 
 out('');
 out('### Affinity key derivation + body field extraction (codex rule, body already parsed once)');
-out('| body size | JSON.parse (once, by the distributor or express.json) | key derivation | ');
-out('|---:|---:|---:|');
+out('| body size | JSON.parse (once, by the distributor or express.json) | key derivation, a known session (cached key) | key derivation, a new session each time (SHA-256) |');
+out('|---:|---:|---:|---:|');
 const rules = compileRules(defaultAffinityRules(), 3600);
 for (const size of [1_000, 100_000, 1_000_000, 10_000_000]) {
   const pad = 'x'.repeat(Math.max(0, size - 200));
@@ -134,7 +134,15 @@ for (const size of [1_000, 100_000, 1_000_000, 10_000_000]) {
   const req = { headers: {}, query: {} } as unknown as Request;
   const res = { locals: {} } as unknown as Response;
   const keyNs = timeIt('key', 50_000, () => void matchAffinity(rules, { req, res, model: 'gpt-5', path: '/v1/responses', group: 'default', ctx: { tokenId: 7 }, body }));
-  out(`| ${(size / 1000).toLocaleString('en-US')} KB | ${(parseNs / 1000).toFixed(1)} µs | ${(keyNs / 1000).toFixed(2)} µs |`);
+  // a distinct value per call: always a miss in the recent-keys cache
+  const fresh = Array.from({ length: 1024 }, (_, i) => ({ ...body, prompt_cache_key: `session-${size}-${i}` }));
+  let k = 0;
+  const newNs = timeIt('key-new', 50_000, () => {
+    const b = fresh[k++ & 1023];
+    b.prompt_cache_key = `s${k}`;
+    void matchAffinity(rules, { req, res, model: 'gpt-5', path: '/v1/responses', group: 'default', ctx: { tokenId: 7 }, body: b });
+  });
+  out(`| ${(size / 1000).toLocaleString('en-US')} KB | ${(parseNs / 1000).toFixed(1)} µs | ${(keyNs / 1000).toFixed(2)} µs | ${(newNs / 1000).toFixed(2)} µs |`);
 }
 console.log(rows.join('\n'));
 }

@@ -90,10 +90,12 @@ function sha256(text: string): string {
  * Recent pin keys, by value. A session sends the same value on every request, and the SHA-256 (a
  * native call) was the largest single cost of the middleware under load; handing out the same key
  * string also lets the store's lookup reuse it as is. An entry is used only when the rule and every
- * other part of the scope are equal too; the cache is bounded in entries and in value length, the
- * oldest entry goes first. Pure, so one cache serves every distributor of the process.
+ * other part of the scope are equal too. Two generations of at most 2,048 entries each: when the
+ * young one is full it becomes the old one and the old one is dropped, so a miss costs one Map
+ * insert (no per-entry eviction), a key in use moves back to the young generation, and values over
+ * 512 characters are not kept. Pure, so one cache serves every distributor of the process.
  */
-const KEYS_MAX = 4096;
+const GENERATION_MAX = 2048;
 const KEY_VALUE_MAX = 512;
 interface KeyEntry {
   rule: CompiledRule;
@@ -102,7 +104,16 @@ interface KeyEntry {
   caller: string;
   key: string;
 }
-const recentKeys = new Map<string, KeyEntry>();
+let youngKeys = new Map<string, KeyEntry>();
+let oldKeys = new Map<string, KeyEntry>();
+
+function rememberKey(value: string, entry: KeyEntry): void {
+  if (youngKeys.size >= GENERATION_MAX) {
+    oldKeys = youngKeys;
+    youngKeys = new Map();
+  }
+  youngKeys.set(value, entry);
+}
 
 /**
  * The pin key `aff:<rule part>:<SHA-256 of the scope>`. The scope is length-prefixed parts, so no
@@ -113,14 +124,15 @@ export function pinKeyOf(rule: CompiledRule, model: string, group: string, calle
   const m = rule.includeModelName ? model : '';
   const g = rule.includeUsingGroup ? group : '';
   const cacheable = value.length <= KEY_VALUE_MAX;
-  const e = cacheable ? recentKeys.get(value) : undefined;
+  let e = cacheable ? youngKeys.get(value) : undefined;
+  if (e === undefined && cacheable) {
+    e = oldKeys.get(value);
+    if (e !== undefined) rememberKey(value, e);
+  }
   if (e !== undefined && e.rule === rule && e.model === m && e.group === g && e.caller === caller) return e.key;
   const name = rule.includeRuleName ? rule.name : '';
   const key = rule.keyPrefix + sha256(`${name.length}:${name}${m.length}:${m}${g.length}:${g}${caller.length}:${caller}${value.length}:${value}`);
-  if (cacheable) {
-    if (e === undefined && recentKeys.size >= KEYS_MAX) recentKeys.delete(recentKeys.keys().next().value as string);
-    recentKeys.set(value, { rule, model: m, group: g, caller, key });
-  }
+  if (cacheable) rememberKey(value, { rule, model: m, group: g, caller, key });
   return key;
 }
 
