@@ -107,7 +107,7 @@ function* specificChannel(rt: Runtime, run: RequestRun, req: Request, res: Respo
     const last = run.attempts[run.attempts.length - 1]?.reason ?? 'setup failed';
     return new DistributorError('channel_setup_failed', `Channel ${id} could not be set up: ${last}`, 503);
   }
-  run.trace.push(`specific ch=${id}`);
+  run.note(`specific ch=${id}`);
   callHook(rt.cfg, 'select', { req, channel: res.locals.channel as Channel, group: run.group, model: run.model, reason: 'specific' });
   return 'next';
 }

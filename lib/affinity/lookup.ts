@@ -39,8 +39,9 @@ function readPinNow(rt: Runtime, store: MemoryStore, key: string, ttlMs: number)
 }
 
 /**
- * Runs affinity for a request. Resolves true when the pinned channel was set up and is now the
- * current channel; false when selection must run (no rule, no pin, or a stale pin).
+ * Runs affinity for a request (steps for `drive()`). Ends with true when the pinned channel was
+ * set up and is now the current channel; false when selection must run (no rule, no pin, or a
+ * stale pin).
  */
 export function* usePin(rt: Runtime, run: RequestRun, req: Request, res: Response, parsed: ParsedRequest): Steps<boolean> {
   const { cfg } = rt;
@@ -54,7 +55,7 @@ export function* usePin(rt: Runtime, run: RequestRun, req: Request, res: Respons
     ? readPinNow(rt, rt.memoryStore, match.key, match.rule.ttlMs)
     : ((yield rt.guard.run('getPin', () => cfg.store.getPin(match.key, match.rule.ttlMs), null)) as number | null);
   if (pinned === null || pinned === undefined) {
-    run.trace.push(`affinity:miss rule=${match.rule.name}`);
+    run.note(`affinity:miss rule=${match.rule.name}`);
     if (cfg.on.affinityMiss) callHook(cfg, 'affinityMiss', { req, rule: match.rule.name, fingerprint: match.fingerprint });
     return false;
   }
@@ -67,7 +68,7 @@ export function* usePin(rt: Runtime, run: RequestRun, req: Request, res: Respons
     const setUp = run.trySetup(checked.ch, checked.group);
     if (isThenable(setUp) ? yield setUp : setUp) {
       info.used = true;
-      run.trace.push(`affinity:hit ch=${pinned}`);
+      run.note(`affinity:hit ch=${pinned}`);
       if (cfg.on.affinityHit) callHook(cfg, 'affinityHit', { req, rule: match.rule.name, channelId: pinned, fingerprint: match.fingerprint });
       if (cfg.on.select) callHook(cfg, 'select', { req, channel: res.locals.channel as Channel, group: checked.group, model: run.model, reason: 'affinity' });
       return true;
@@ -78,7 +79,7 @@ export function* usePin(rt: Runtime, run: RequestRun, req: Request, res: Respons
   if (!cfg.affinity.keepOnChannelDisabled) {
     info.cleared = (yield rt.guard.run('clearPin', () => cfg.store.clearPin(match.key, pinned), false)) as boolean;
   }
-  run.trace.push(`affinity:stale(${stale}) ch=${pinned}${info.cleared ? ' cleared' : ''}`);
+  run.note(`affinity:stale(${stale}) ch=${pinned}${info.cleared ? ' cleared' : ''}`);
   callHook(cfg, 'affinityStale', { req, rule: match.rule.name, channelId: pinned, reason: stale, cleared: info.cleared });
   if (rt.debug) cfg.logger.debug?.('stale affinity pin', { rule: match.rule.name, fingerprint: match.fingerprint, channelId: pinned, reason: stale, cleared: info.cleared });
   return false;

@@ -118,9 +118,14 @@ export class RequestRun implements Distribution {
   /** Marks a channel as tried (it is never picked again in this request). */
   markTried(id: number): void {
     // `tried` stays short (attempts are bounded), so a scan beats a Set per request
-    if (!this.tried.includes(id)) {
-      this.tried.push(id);
-    }
+    if (this.tried.length === 0) this.tried = [id]; // exact size: `push` on [] allocates room for 16
+    else if (!this.tried.includes(id)) this.tried.push(id);
+  }
+
+  /** @internal appends a step to `trace` (a new array holds exactly its first step). */
+  note(step: string): void {
+    if (this.trace.length === 0) this.trace = [step];
+    else this.trace.push(step);
   }
 
   isTried(id: number): boolean {
@@ -182,7 +187,7 @@ export class RequestRun implements Distribution {
     const reason = this.redact(e instanceof NoEnabledKeyError ? e.message : errorText(e), ch);
     this.lastSetupError = reason;
     this.attempts.push({ channelId: ch.id, phase: 'setup', reason });
-    this.trace.push(`setup_failed ch=${ch.id}`);
+    this.note(`setup_failed ch=${ch.id}`);
     callHook(this.rt.cfg, 'fallback', { req: this.req, channelId: ch.id, error: reason });
     this.rt.cfg.logger.warn('channel setup failed, falling back', { channelId: ch.id, error: reason });
     return false;
@@ -200,7 +205,7 @@ export class RequestRun implements Distribution {
       if (isThenable(setUp) ? yield setUp : setUp) {
         // a first pick that only succeeded after a setup failure (or a stale pin) is a fallback
         const why = reason === 'select' && this.tried.length > 1 ? 'fallback' : reason;
-        this.trace.push(`${why} ch=${next.ch.id}`);
+        this.note(`${why} ch=${next.ch.id}`);
         if (this.rt.cfg.on.select) callHook(this.rt.cfg, 'select', { req: this.req, channel: this.res.locals.channel as Channel, group: next.group, model: this.model, reason: why });
         return true;
       }
@@ -234,7 +239,7 @@ export class RequestRun implements Distribution {
 
   private stop(reason: StopReason, status?: number): null {
     this.stopReason = reason;
-    this.trace.push(`stop:${reason}`);
+    this.note(`stop:${reason}`);
     callHook(this.rt.cfg, 'exhausted', { req: this.req, reason, tried: [...this.tried], status });
     if (this.rt.debug) this.rt.cfg.logger.debug?.('retry stopped', { reason, tried: this.tried, status });
     return null;
@@ -249,7 +254,7 @@ export class RequestRun implements Distribution {
     const status = typeof failure.status === 'number' ? failure.status : undefined;
     const reason = failure.error !== undefined ? this.redact(errorText(failure.error), cur).slice(0, 200) : undefined;
     this.attempts.push({ channelId: cur.id, phase: 'upstream', status, reason });
-    this.trace.push(`upstream ${status ?? 'error'} ch=${cur.id}`);
+    this.note(`upstream ${status ?? 'error'} ch=${cur.id}`);
     this.toldFailure = true;
     this.groupUpstream++;
     const retryable = isRetryable(this.rt.cfg.retry.statusTable, status);
@@ -311,7 +316,7 @@ export class RequestRun implements Distribution {
         };
       });
       this.wake = undefined;
-      this.trace.push(`wait ${failure.retryAfterMs}ms ch=${cur.id}`);
+      this.note(`wait ${failure.retryAfterMs}ms ch=${cur.id}`);
       ok = this.current === cur && !this.finished;
       if (ok) this.toldFailure = false;
     }
