@@ -30,10 +30,12 @@ async function main() {
   });
   let client;
   let memoryStore;
-  // Reference points for the cost of any middleware: one that calls next() at once, and one
-  // that calls it from a resolved promise (as an async middleware does).
+  // Reference points for the cost of any middleware: one that calls next() at once, one that
+  // calls it from a resolved promise (as an async middleware does), and one that waits for the
+  // next event-loop turn (as a middleware waiting on a network round trip does).
   if (MODE === 'noop') app.use((_req, _res, next) => next());
   else if (MODE === 'noop-async') app.use((_req, _res, next) => { Promise.resolve().then(() => next()); });
+  else if (MODE === 'noop-immediate') app.use((_req, _res, next) => { setImmediate(next); });
   else if (MODE !== 'bare') {
     let store;
     if (MODE === 'redis') {
