@@ -132,29 +132,24 @@ describe('no promise on the way when nothing is asynchronous', () => {
   const channels = [{ id: 1, models: 'gpt-5' }, { id: 2, models: 'gpt-5' }];
   const body = { model: 'gpt-5', prompt_cache_key: 'sync-session' };
 
-  test('embedded store and synchronous callbacks: next() runs before the middleware returns, pins work the same', async () => {
-    const app = syncProbe({ channels, context: () => ({ tokenId: 4 }), setup: () => undefined });
+  /** Two requests of one session: a miss that pins, then a hit on the same channel; `sync` both times. */
+  async function missThenHit(options: Partial<Parameters<typeof distributor>[0]>, sync: boolean): Promise<void> {
+    const app = syncProbe({ channels, ...options });
     const first = await request(app).post('/v1/responses').send(body);
     await settle();
     const second = await request(app).post('/v1/responses').send(body);
-    expect(first.body).toMatchObject({ sync: true, affinity: { hit: false } });
-    expect(second.body).toMatchObject({ sync: true, channel: first.body.channel, affinity: { hit: true, used: true } });
+    expect(first.body).toMatchObject({ sync, affinity: { hit: false } });
+    expect(second.body).toMatchObject({ sync, channel: first.body.channel, affinity: { hit: true, used: true } });
+  }
+
+  test('embedded store and synchronous callbacks: next() runs before the middleware returns, pins work the same', async () => {
+    await missThenHit({ context: () => ({ tokenId: 4 }), setup: () => undefined }, true);
   });
 
   test('an async context, an async setup or a store that answers with promises: the same result, after an await', async () => {
-    const variants: Array<Partial<Parameters<typeof distributor>[0]>> = [
-      { context: async () => ({ tokenId: 4 }) },
-      { setup: async () => undefined },
-      { store: new RecordingStore() },
-    ];
-    for (const v of variants) {
-      const app = syncProbe({ channels, ...v });
-      const first = await request(app).post('/v1/responses').send(body);
-      await settle();
-      const second = await request(app).post('/v1/responses').send(body);
-      expect(first.body).toMatchObject({ sync: false, affinity: { hit: false } });
-      expect(second.body).toMatchObject({ sync: false, channel: first.body.channel, affinity: { hit: true, used: true } });
-    }
+    await missThenHit({ context: async () => ({ tokenId: 4 }) }, false);
+    await missThenHit({ setup: async () => undefined }, false);
+    await missThenHit({ store: new RecordingStore() }, false);
   });
 
   test('errors keep their statuses on the synchronous path: a throwing context is passed to next(err), a bad model is a 400', async () => {
