@@ -266,7 +266,8 @@ export class RequestRun implements Distribution {
   /**
    * Reports a failure of the current channel that must not be retried, e.g. a stream cut after
    * the response was committed: the attempt, health and pin clearing are recorded, no channel is
-   * picked. Calling it (or `retry()`) again for the same attempt records nothing more.
+   * picked. Calling it (or `retry()`) again for the same attempt records nothing more. Bound
+   * (safe to destructure), created on first use like `retry`.
    */
   get fail(): (failure?: RetryFailure) => Promise<void> {
     return (this.boundFail ??= (failure: RetryFailure = {}) => {
