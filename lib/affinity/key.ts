@@ -119,7 +119,7 @@ function rememberKey(value: string, entry: KeyEntry): void {
  * The pin key `aff:<rule part>:<SHA-256 of the scope>`. The scope is length-prefixed parts, so no
  * choice of model, group or value can forge another caller's scope.
  */
-export function pinKeyOf(rule: CompiledRule, model: string, group: string, caller: string, value: string): string {
+function pinKeyOf(rule: CompiledRule, model: string, group: string, caller: string, value: string): string {
   // only the parts the rule keys on: a model the rule leaves out does not make a new key
   const m = rule.includeModelName ? model : '';
   const g = rule.includeUsingGroup ? group : '';

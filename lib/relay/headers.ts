@@ -43,28 +43,26 @@ function connectionTokens(value: string | string[] | undefined): Set<string> | u
   return out;
 }
 
-/** The caller's headers minus everything in SKIP_REQUEST (and Connection-listed names). */
-export function forwardRequestHeaders(incoming: IncomingHttpHeaders): RelayHeaders {
+/** `headers` without the names in `skip`, the names its Connection header lists, and unset values. */
+function withoutHopHeaders(headers: Record<string, string | string[] | undefined>, skip: ReadonlySet<string>): RelayHeaders {
   const out: RelayHeaders = {};
-  const extra = connectionTokens(incoming.connection);
-  for (const name in incoming) {
-    if (SKIP_REQUEST.has(name) || (extra && extra.has(name))) continue;
-    const v = incoming[name];
+  const extra = connectionTokens(headers.connection);
+  for (const name in headers) {
+    if (skip.has(name) || (extra && extra.has(name))) continue;
+    const v = headers[name];
     if (v !== undefined) out[name] = v;
   }
   return out;
 }
 
+/** The caller's headers minus everything in SKIP_REQUEST (and Connection-listed names). */
+export function forwardRequestHeaders(incoming: IncomingHttpHeaders): RelayHeaders {
+  return withoutHopHeaders(incoming, SKIP_REQUEST);
+}
+
 /** Upstream response headers to pass back to the client. */
 export function forwardResponseHeaders(upstream: Record<string, string | string[] | undefined>): Record<string, string | string[]> {
-  const out: Record<string, string | string[]> = {};
-  const extra = connectionTokens(upstream.connection);
-  for (const name in upstream) {
-    if (SKIP_RESPONSE.has(name) || (extra && extra.has(name))) continue;
-    const v = upstream[name];
-    if (v !== undefined) out[name] = v;
-  }
-  return out;
+  return withoutHopHeaders(upstream, SKIP_RESPONSE);
 }
 
 function first(v: string | string[] | undefined): string | undefined {
