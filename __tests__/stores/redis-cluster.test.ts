@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { createCluster } from 'redis';
 import { RedisStore, type RedisStoreOptions } from '../../lib/stores/redis';
 import { hasRedisServer, startCluster, type OwnCluster } from '../helpers/redis';
-import { pinKey, runStoreContract } from './store-contract';
+import { pinKey, redisStorePair, runStoreContract } from './store-contract';
 
 type Cluster = ReturnType<typeof createCluster>;
 const BASE = 'ecd-test-cluster:';
@@ -32,7 +32,6 @@ if (!available) {
   let own: OwnCluster | undefined;
   let a: Cluster;
   let b: Cluster;
-  let seq = 0;
 
   beforeAll(async () => {
     own = await startCluster(3);
@@ -47,20 +46,7 @@ if (!available) {
     await own?.stop();
   }, 15_000);
 
-  runStoreContract('RedisStore (node-redis cluster, sendCommandCluster)', async () => {
-    const prefix = `${BASE}${++seq}:`;
-    const store = new RedisStore(clusterOptions(a, prefix));
-    const peer = new RedisStore(clusterOptions(b, prefix));
-    return {
-      store,
-      peer,
-      cleanup: async () => {
-        store.shutdown();
-        peer.shutdown();
-        await store.clearPins();
-      },
-    };
-  });
+  runStoreContract('RedisStore (node-redis cluster, sendCommandCluster)', redisStorePair(BASE, (prefix, side) => clusterOptions(side === 'a' ? a : b, prefix), (_prefix, store) => store.clearPins()));
 
   describe('slots', () => {
     test('pins spread over the masters; the health keys share one slot', async () => {

@@ -15,11 +15,10 @@ import {
 } from '../../lib/stores/redis-scripts';
 import { ChannelStatus } from '../../lib/types';
 import { describeRedis, flushPrefix, sleep, waitFor } from '../helpers/redis';
-import { pinKey, runStoreContract } from './store-contract';
+import { pinKey, redisStorePair, runStoreContract } from './store-contract';
 
 type Client = ReturnType<typeof createClient>;
 const BASE = 'ecd-test-redis-store:';
-let seq = 0;
 
 async function connect(url: string, resp3 = false): Promise<Client> {
   const c = createClient(resp3 ? { url, RESP: 3 } : { url });
@@ -58,20 +57,7 @@ describeRedis('RedisStore', (url) => {
   });
 
   /** Two stores over one prefix (two instances), built by `make`. */
-  const harness = (make: (prefix: string, side: 'a' | 'b') => RedisStoreOptions) => async () => {
-    const prefix = `${BASE}${++seq}:`;
-    const store = new RedisStore(make(prefix, 'a'));
-    const peer = new RedisStore(make(prefix, 'b'));
-    return {
-      store,
-      peer,
-      cleanup: async () => {
-        store.shutdown();
-        peer.shutdown();
-        await flushPrefix(send, prefix);
-      },
-    };
-  };
+  const harness = (make: (prefix: string, side: 'a' | 'b') => RedisStoreOptions) => redisStorePair(BASE, make, (prefix) => flushPrefix(send, prefix));
 
   runStoreContract('RedisStore (node-redis v5 client)', harness((prefix, side) => ({
     client: side === 'a' ? a : b, subscriber: side === 'a' ? subA : subB, prefix, timeoutMs: 1000,

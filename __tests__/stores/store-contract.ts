@@ -4,6 +4,7 @@
 import { randomBytes } from 'node:crypto';
 import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
 import { rulePart } from '../../lib/affinity/rules';
+import { RedisStore, type RedisStoreOptions } from '../../lib/stores/redis';
 import type { Store, StoreEvent } from '../../lib/stores/store';
 import { ChannelStatus } from '../../lib/types';
 
@@ -24,6 +25,33 @@ async function eventually(check: () => boolean, ms = 2000): Promise<void> {
     if (Date.now() > end) throw new Error(`condition not met within ${ms} ms`);
     await sleep(10);
   }
+}
+
+let pairSeq = 0;
+
+/**
+ * A harness of two RedisStores (two instances) over a fresh prefix under `base`, built by `make`;
+ * `clear` removes what the test wrote under the prefix.
+ */
+export function redisStorePair(
+  base: string,
+  make: (prefix: string, side: 'a' | 'b') => RedisStoreOptions,
+  clear: (prefix: string, store: RedisStore) => Promise<unknown>,
+): () => Promise<StoreHarness> {
+  return async () => {
+    const prefix = `${base}${++pairSeq}:`;
+    const store = new RedisStore(make(prefix, 'a'));
+    const peer = new RedisStore(make(prefix, 'b'));
+    return {
+      store,
+      peer,
+      cleanup: async () => {
+        store.shutdown();
+        peer.shutdown();
+        await clear(prefix, store);
+      },
+    };
+  };
 }
 
 /** A pin key as the distributor builds it: `aff:<rule part>:<base64url sha256>`. */
