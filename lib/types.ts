@@ -205,6 +205,13 @@ export interface Distribution {
    * response was committed): the attempt, health and pin clearing are recorded, nothing is picked.
    */
   fail(failure?: RetryFailure): Promise<void>;
+  /**
+   * Aborted when the client's connection closes before the response finished (also when it
+   * closed while the distributor was still reading the body or the store). `relay()` checks it
+   * before every upstream call and aborts the upstream request when it fires; pass it to your
+   * own HTTP client (`fetch(url, { signal })`).
+   */
+  readonly signal: AbortSignal;
 }
 
 export interface ExtractedRequest {

@@ -32,6 +32,12 @@ function errorText(e: unknown): string {
   return 'setup failed';
 }
 
+function clientGoneReason(): Error {
+  const e = new Error('The client closed the connection before the response finished');
+  e.name = 'AbortError';
+  return e;
+}
+
 export class RequestRun implements Distribution {
   selected = false;
   model: string;
@@ -64,6 +70,9 @@ export class RequestRun implements Distribution {
   /** the last group selection looked at (named in the 503 of an `auto` request) */
   private lastGroup?: string;
   private inflight?: Promise<Channel | null>;
+  private abort?: AbortController;
+  /** The client left before the response finished (the signal is aborted when created). */
+  private clientGone = false;
 
   constructor(
     private readonly rt: Runtime,
@@ -82,14 +91,26 @@ export class RequestRun implements Distribution {
   }
 
   /** The public fields only (no internals, no secrets), for logs and JSON responses. */
-  toJSON(): Omit<Distribution, 'retry' | 'fail'> {
-    const out: Omit<Distribution, 'retry' | 'fail'> = {
+  toJSON(): Omit<Distribution, 'retry' | 'fail' | 'signal'> {
+    const out: Omit<Distribution, 'retry' | 'fail' | 'signal'> = {
       selected: this.selected, model: this.model, group: this.group, selectedGroup: this.selectedGroup,
       tried: this.tried, attempts: this.attempts, trace: this.trace,
     };
     if (this.affinity) out.affinity = this.affinity;
     if (this.stopReason) out.stopReason = this.stopReason;
     return out;
+  }
+
+  /**
+   * Aborted when the client goes before the response finished. Created on first use: an
+   * AbortController per request costs time every request would pay, and most relays ask once.
+   */
+  get signal(): AbortSignal {
+    if (!this.abort) {
+      this.abort = new AbortController();
+      if (this.clientGone) this.abort.abort(clientGoneReason());
+    }
+    return this.abort.signal;
   }
 
   private boundRetry?: (failure?: RetryFailure) => Promise<Channel | null>;
@@ -356,6 +377,10 @@ export class RequestRun implements Distribution {
   finalize(finished: boolean): void {
     if (this.finished) return;
     this.finished = true;
+    if (!finished) {
+      this.clientGone = true;
+      this.abort?.abort(clientGoneReason());
+    }
     const { counters, cfg, guard, health } = this.rt;
     counters.active--;
     if (this.retrying) counters.retrying--;
