@@ -165,27 +165,51 @@ describe('cooldown', () => {
 });
 
 describe('what counts as a health failure', () => {
-  const counted: Array<[string, Outcome, boolean]> = [
-    ['no status (connection error)', { error: new Error('ECONNRESET') }, true],
-    ['429', 429, true],
-    ['500', 500, true],
-    ['503', 503, true],
-    ['504 (5xx, though never retried)', 504, true],
-    ['524', 524, true],
-    ['404 (retryable by default)', 404, true],
-    ['400', 400, false],
-    ['408', 408, false],
+  // [label, upstream outcome, counted when reported through retry(), counted at finish with countUnreported]
+  const counted: Array<[string, Outcome, boolean, boolean]> = [
+    ['no status (connection error)', { error: new Error('ECONNRESET') }, true, true], // the fake relay answers 502
+    ['429', 429, true, true],
+    ['500', 500, true, true],
+    ['503', 503, true, true],
+    ['504 (5xx, though never retried)', 504, true, true],
+    ['524', 524, true, true],
+    ['501 (not implemented: the request asked for it)', 501, false, false],
+    ['505', 505, false, false],
+    ['404 (retryable by default, but the caller\'s)', 404, false, false],
+    ['413 (the caller\'s body size)', 413, false, false],
+    ['401 (only autoDisable may act on it)', 401, false, false],
+    ['403', 403, false, false],
+    ['400', 400, false, false],
+    ['408', 408, false, false],
   ];
-  for (const [relayName, relay] of relays) {
-    test.each(counted)(`${relayName}: %s counted = %s`, async (_label, outcome, expected) => {
-      const { post, up, mw } = build({ channels: [ch(1, 10), ch(2, 5)], health: { cooldown: { failures: 1, durationMs: 60_000 } } }, relay);
-      up.plan(1, outcome);
-      await post();
-      await settle();
-      expect(mw.isCoolingDown(1)).toBe(expected);
-    });
-  }
+  test.each(counted)('retry() relay: %s counted = %s', async (_label, outcome, expected) => {
+    const { post, up, mw } = build({ channels: [ch(1, 10), ch(2, 5)], health: { cooldown: { failures: 1, durationMs: 60_000 } } });
+    up.plan(1, outcome);
+    await post();
+    await settle();
+    expect(mw.isCoolingDown(1)).toBe(expected);
+  });
 
+  test.each(counted)('relay without retry(): %s never counts by default', async (_label, outcome) => {
+    const { post, up, mw } = build({ channels: [ch(1, 10), ch(2, 5)], health: { cooldown: { failures: 1, durationMs: 60_000 } } }, { callRetry: false });
+    up.plan(1, outcome);
+    await post();
+    await settle();
+    expect(mw.isCoolingDown(1)).toBe(false);
+  });
+
+  test.each(counted)('relay without retry(), health.countUnreported: %s (reported: %s) counted = %s', async (_label, outcome, _reported, expected) => {
+    const { post, up, mw } = build(
+      { channels: [ch(1, 10), ch(2, 5)], health: { cooldown: { failures: 1, durationMs: 60_000 }, countUnreported: true } },
+      { callRetry: false },
+    );
+    up.plan(1, outcome);
+    await post();
+    await settle();
+    expect(mw.isCoolingDown(1)).toBe(expected);
+  });
+
+  // the retry status list decides what is retried, not what counts against a channel
   test.each([[404, false], [401, false], [429, true], [502, true], [504, true]])(
     "with statusCodes '429,500-503' status %i counted = %s",
     async (status, expected) => {
@@ -224,30 +248,38 @@ describe('autoDisable', () => {
     expect((await post().expect(200)).body.upstream).toEqual([2]);
   });
 
-  test('a relay that never calls retry() and answers 401 auto-disables too', async () => {
-    const { post, up, registry } = build({ channels: [ch(1, 10), ch(2, 5)], health: { autoDisable: {} } }, { callRetry: false });
-    up.plan(1, 401);
-    await post().expect(401);
-    await settle();
-    expect(registry.get(1)!.status).toBe(ChannelStatus.AutoDisabled);
+  test('a 401 seen only at finish (a relay that never calls retry()) never auto-disables, even with countUnreported', async () => {
+    for (const health of [{ autoDisable: {} }, { autoDisable: {}, countUnreported: true }]) {
+      const { post, up, registry, events } = build({ channels: [ch(1, 10), ch(2, 5)], health }, { callRetry: false });
+      up.plan(1, 401);
+      await post().expect(401);
+      await settle();
+      expect(registry.get(1)!.status).toBe(ChannelStatus.Enabled);
+      expect(events).toEqual([]);
+    }
   });
 
-  test('a specific channel (admin pin) that answers 401 is auto-disabled, with or without retry()', async () => {
-    for (const relay of [{}, { callRetry: false }]) {
+  test('a specific channel (admin pin) that reports a 401 through retry() is auto-disabled; unreported it is not', async () => {
+    for (const [relay, expected] of [[{}, ChannelStatus.AutoDisabled], [{ callRetry: false }, ChannelStatus.Enabled]] as const) {
       const { post, up, registry } = build({ channels: [ch(1, 10), ch(7, 0, { models: 'other' })], health: { autoDisable: {} } }, relay);
       up.plan(7, 401);
       await post(ctx({ specificChannelId: 7 })).expect(401);
       await settle();
-      expect(registry.get(7)!.status).toBe(ChannelStatus.AutoDisabled);
+      expect(registry.get(7)!.status).toBe(expected);
     }
   });
 
-  test('a specific channel that fails without retry() still feeds cooldowns', async () => {
-    const { post, up, mw } = build({ channels: [ch(1, 10), ch(7, 0)], health: { cooldown: { failures: 1, durationMs: 60_000 } } }, { callRetry: false });
-    up.plan(7, 503);
-    await post(ctx({ specificChannelId: 7 })).expect(503);
-    await settle();
-    expect(mw.isCoolingDown(7)).toBe(true);
+  test('a specific channel that fails without retry() feeds cooldowns only with countUnreported', async () => {
+    for (const countUnreported of [false, true]) {
+      const { post, up, mw } = build(
+        { channels: [ch(1, 10), ch(7, 0)], health: { cooldown: { failures: 1, durationMs: 60_000 }, countUnreported } },
+        { callRetry: false },
+      );
+      up.plan(7, 503);
+      await post(ctx({ specificChannelId: 7 })).expect(503);
+      await settle();
+      expect(mw.isCoolingDown(7)).toBe(countUnreported);
+    }
   });
 
   const texts: Array<[string, unknown]> = [
@@ -366,11 +398,12 @@ describe('multi-key channels', () => {
     expect((await post().expect(200)).body.upstream).toEqual([2]);
   });
 
-  test('the key that served is the one disabled (keyIndex of res.locals.channel), also without retry()', async () => {
-    const { post, up, registry } = build(
-      { channels: [ch(1, 10, { key: ['sk-a', 'sk-b', 'sk-c'], disabledKeys: [0] }), ch(2, 5)], health: { autoDisable: {} } },
-      { callRetry: false },
-    );
+  test('the key that served is the one disabled (keyIndex of res.locals.channel)', async () => {
+    const { post, up, registry } = build({
+      channels: [ch(1, 10, { key: ['sk-a', 'sk-b', 'sk-c'], disabledKeys: [0] }), ch(2, 5)],
+      retry: { times: 0 },
+      health: { autoDisable: {} },
+    });
     up.plan(1, 401);
     const r = await post().expect(401);
     expect(r.body.keyIndex).toBe(1);

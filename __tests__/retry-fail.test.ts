@@ -119,7 +119,7 @@ describe('Retry-After wait', () => {
 describe('health: a success resets the counted failures', () => {
   test('N failures must come in a row within the window', async () => {
     const seq: number[] = [];
-    const { app: a, mw } = app({ channels: chans(1), retry: { times: 0 }, health: { cooldown: { failures: 2, windowMs: 60_000, durationMs: 60_000 } } }, (_req, res) => {
+    const { app: a, mw } = app({ channels: chans(1), retry: { times: 0 }, health: { cooldown: { failures: 2, windowMs: 60_000, durationMs: 60_000 }, countUnreported: true } }, (_req, res) => {
       const status = seq.shift() ?? 200;
       res.status(status).json({});
     });

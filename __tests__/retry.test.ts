@@ -658,8 +658,8 @@ describe('pins after a failure (clearOnFailure, switchOnSuccess)', () => {
     expect((await next(b)).affinity).toMatchObject({ hit: true, used: true });
   });
 
-  test('a relay that never calls retry() but answers 500 feeds health (cooldown)', async () => {
-    const b = build({ channels: [ch(1, 10), ch(2, 5)], health: { cooldown: { failures: 1, durationMs: 60_000 } } }, { callRetry: false });
+  test('a relay that never calls retry() but answers 500 feeds health (cooldown) with health.countUnreported', async () => {
+    const b = build({ channels: [ch(1, 10), ch(2, 5)], health: { cooldown: { failures: 1, durationMs: 60_000 }, countUnreported: true } }, { callRetry: false });
     b.up.plan(1, 500);
     await b.post().expect(500);
     await settle();

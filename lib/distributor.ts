@@ -108,7 +108,7 @@ function* specificChannel(rt: Runtime, run: RequestRun, req: Request, res: Respo
     return new DistributorError('channel_setup_failed', `Channel ${id} could not be set up: ${last}`, 503);
   }
   run.note(`specific ch=${id}`);
-  callHook(rt.cfg, 'select', { req, channel: res.locals.channel as Channel, group: run.group, model: run.model, reason: 'specific' });
+  if (rt.cfg.on.select) callHook(rt.cfg, 'select', { req, channel: run.observedChannel(), group: run.group, model: run.model, reason: 'specific' });
   return 'next';
 }
 

@@ -14,7 +14,8 @@ export type { OpenAIErrorBody, RequestErrorCode, ConfigErrorCode } from './error
 export { affinityFromNewApi, defaultAffinityRules } from './affinity/rules';
 export type { NewApiAffinitySetting } from './affinity/rules';
 export { parseStatusRanges, isRetryable, DEFAULT_RETRY_STATUS } from './retry/status-ranges';
-export { redactFormat, redactText, createDefaultLogger } from './logging/logger';
+export { redactFormat, createDefaultLogger } from './logging/logger';
+export { redactText } from './security/redact';
 export { DEFAULT_DISABLE_KEYWORDS } from './options';
 export { VALIDATION_CODES } from './validations';
 export type { ValidationCode } from './validations';

@@ -54,6 +54,7 @@ export interface Config {
     cooldown?: { failures: number; windowMs: number; durationMs: number };
     autoDisable?: { statusCodes: Set<number>; keywords: string[] };
     probe?: { intervalMs: number; check: (channel: import('./types').Channel) => boolean | Promise<boolean> };
+    countUnreported: boolean;
   };
   random: () => number;
   logger: Logger;
@@ -157,6 +158,13 @@ export function resolveOptions(options: DistributorOptions): Config {
     if (ad.statusCodes !== undefined && (!Array.isArray(ad.statusCodes) || ad.statusCodes.some((s) => !Number.isInteger(s)))) {
       throw configError('health.autoDisable.statusCodes must be an array of statuses');
     }
+    // Any other status can be caused by the caller (400, 404, 413, 422...) or is a passing
+    // condition that cooldown handles (429, 5xx): switching a channel off for it would let one
+    // caller take a channel away from everyone.
+    const refused = (ad.statusCodes ?? []).filter((s) => s !== 401 && s !== 403);
+    if (refused.length) {
+      throw configError(`health.autoDisable.statusCodes may only list 401 and 403 (got ${refused.join(', ')}); use health.cooldown for other statuses`);
+    }
     if (ad.keywords !== undefined && (!Array.isArray(ad.keywords) || ad.keywords.some((s) => typeof s !== 'string'))) {
       throw configError('health.autoDisable.keywords must be an array of strings');
     }
@@ -205,7 +213,7 @@ export function resolveOptions(options: DistributorOptions): Config {
       budget,
       maxRetryAfterMs: nonNegInt('retry.maxRetryAfterMs', retry.maxRetryAfterMs, 0),
     },
-    health: { cooldown, autoDisable, probe },
+    health: { cooldown, autoDisable, probe, countUnreported: bool('health.countUnreported', health.countUnreported, false) },
     random: fn('options.random', o.random) ?? Math.random,
     logger,
     on: o.on ?? {},

@@ -135,8 +135,19 @@ export interface RetryOptions {
 export interface HealthOptions {
   /** `{}` means 3 failures within 60 s -> 30 s cooldown. Off unless given. */
   cooldown?: { failures?: number; windowMs?: number; durationMs?: number };
-  /** `{}` means status 401 and the reference's keywords. Off unless given. */
+  /**
+   * `{}` means status 401 and the reference's keywords. Off unless given. `statusCodes` may list
+   * only 401 and 403. A keyword counts only when it does not occur in the caller's own request
+   * (body, path, query, header values; case-insensitive), so an upstream echoing a caller's input
+   * never disables a channel.
+   */
   autoDisable?: { statusCodes?: number[]; keywords?: string[] };
+  /**
+   * Also count statuses seen only when the response finishes (5xx and 429 only; no auto-disable),
+   * for relays that report nothing through `retry()` / `fail()`. Default false: only failures
+   * reported as the upstream's count, since a status at `finish` may be the gateway's own answer.
+   */
+  countUnreported?: boolean;
   /**
    * Re-enables auto-disabled channels (status 3, never a manual 2) whose `check` resolves true,
    * every `intervalMs` (default 60_000). Off unless given; without it, re-enable with

@@ -38,7 +38,7 @@ const RULE_KEYS: KeysOf<AffinityRule> = {
 };
 const RETRY_KEYS: KeysOf<RetryOptions> = { times: true, statusCodes: true, tierStrategy: true, budget: true, maxRetryAfterMs: true };
 const BUDGET_KEYS: KeysOf<NonNullable<RetryOptions['budget']>> = { percent: true, minConcurrent: true };
-const HEALTH_KEYS: KeysOf<HealthOptions> = { cooldown: true, autoDisable: true, probe: true };
+const HEALTH_KEYS: KeysOf<HealthOptions> = { cooldown: true, autoDisable: true, probe: true, countUnreported: true };
 const COOLDOWN_KEYS: KeysOf<NonNullable<HealthOptions['cooldown']>> = { failures: true, windowMs: true, durationMs: true };
 const AUTO_DISABLE_KEYS: KeysOf<NonNullable<HealthOptions['autoDisable']>> = { statusCodes: true, keywords: true };
 

@@ -8,7 +8,7 @@ import type { RequestRun } from '../retry/distribution';
 import type { Runtime } from '../runtime';
 import { isThenable, type Steps } from '../steps';
 import type { MemoryStore } from '../stores/memory';
-import { ChannelStatus, type Channel, type StaleReason } from '../types';
+import { ChannelStatus, type StaleReason } from '../types';
 import { matchAffinity } from './key';
 
 /** Why a pin cannot be used, or the group it serves in. */
@@ -70,7 +70,7 @@ export function* usePin(rt: Runtime, run: RequestRun, req: Request, res: Respons
       info.used = true;
       run.note(`affinity:hit ch=${pinned}`);
       if (cfg.on.affinityHit) callHook(cfg, 'affinityHit', { req, rule: match.rule.name, channelId: pinned, fingerprint: match.fingerprint });
-      if (cfg.on.select) callHook(cfg, 'select', { req, channel: res.locals.channel as Channel, group: checked.group, model: run.model, reason: 'affinity' });
+      if (cfg.on.select) callHook(cfg, 'select', { req, channel: run.observedChannel(), group: checked.group, model: run.model, reason: 'affinity' });
       return true;
     }
     stale = 'setup_failed';

@@ -20,8 +20,11 @@ export interface RegisteredChannel {
   readonly modelSet?: ReadonlySet<string>;
   /** The frozen `res.locals.channel` view without a chosen key. */
   view: Channel;
-  /** @internal views with a chosen key, derived from `base` (rebuilt when `view` is replaced) */
-  keyViews?: { base: Channel; views: Channel[] };
+  /**
+   * @internal views with a chosen key, derived from `base` (rebuilt when `view` is replaced), and
+   * the same without the key for observers (hook events)
+   */
+  keyViews?: { base: Channel; views: Channel[]; observed?: Channel[] };
   readonly input: Readonly<ChannelInput>;
 }
 

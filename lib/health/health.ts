@@ -1,34 +1,60 @@
 // Channel health: cooldowns after repeated failures and auto-disable rules, mirrored locally
 // (so selection does no I/O) and shared through the store (push events plus a polling backstop).
+import type { Request } from 'express';
 import type { ChannelRegistry, RegisteredChannel } from '../channels/registry';
 import type { Config } from '../options';
 import type { HealthSnapshot, StoreEvent } from '../stores/store';
+import { errorText } from '../security/redact';
 import { ChannelStatus, type RetryFailure } from '../types';
 import type { StoreGuard } from '../store-guard';
 import { callHook } from '../hooks';
 
-/** Failures that count against a channel's health: no status, 429, 5xx, or a retryable status. */
-export function countsAsFailure(statusTable: Uint8Array, status: number | undefined): boolean {
+/**
+ * The failure kinds that count against a channel's health: no status (connection
+ * refused, timeout), 429, or a 5xx other than 501 and 505 (which say the request asked for
+ * something the upstream does not do). Every other 4xx is the caller's and never counts; 401/403
+ * may only auto-disable, through `autoDisable`.
+ */
+export function countsAsFailure(status: number | undefined): boolean {
   if (status === undefined) return true;
-  if (status === 429 || status >= 500) return true;
-  return status >= 100 && status < 600 && statusTable[status] === 1 && !(status >= 200 && status < 300);
+  if (status === 429) return true;
+  return status >= 500 && status < 600 && status !== 501 && status !== 505;
 }
 
-function failureText(error: unknown): string {
-  if (!error) return '';
-  if (typeof error === 'string') return error;
-  if (error instanceof Error) return error.message;
-  if (typeof error === 'object') {
-    const e = error as { message?: unknown; error?: { message?: unknown } };
-    if (typeof e.message === 'string') return e.message;
-    if (e.error && typeof e.error.message === 'string') return e.error.message;
+/**
+ * What the caller sent that an upstream could echo back in an error message: the raw body (and
+ * the parsed body, which undoes JSON escapes such as \u0020), the path and query, and every header
+ * value. Lower-cased; built only when an auto-disable keyword matched an upstream message.
+ */
+export type CallerText = () => string;
+
+/** The lower-cased text of everything a caller sent (see `CallerText`). */
+export function callerTextOf(req: Request): string {
+  const parts: string[] = [];
+  const raw = req.rawBody;
+  if (raw && raw.length) parts.push(raw.toString('utf8'));
+  const body: unknown = req.body;
+  if (typeof body === 'string') parts.push(body);
+  else if (body !== null && typeof body === 'object' && !Buffer.isBuffer(body)) {
     try {
-      return JSON.stringify(error);
+      parts.push(JSON.stringify(body));
     } catch {
-      return '';
+      /* a cyclic body a user middleware built: the raw text above has to do */
     }
   }
-  return String(error);
+  // the path too: a catch-all route forwards it, and an upstream may quote it back
+  const url = req.originalUrl ?? req.url ?? '';
+  parts.push(url);
+  try {
+    parts.push(decodeURIComponent(url.replace(/\+/g, ' ')));
+  } catch {
+    /* malformed escapes: the raw URL above is what the upstream saw */
+  }
+  for (const [, v] of Object.entries(req.headers)) {
+    if (typeof v === 'string') parts.push(v);
+    else if (Array.isArray(v)) parts.push(...v);
+  }
+  return parts.join('\n').toLowerCase();
 }
 
 export class HealthBook {
@@ -307,13 +333,16 @@ export class HealthBook {
   }
 
   /**
-   * Feeds one upstream failure of a channel into the health rules. Cooldowns go through the
-   * store; an auto-disable updates the registry (which publishes it to the other instances).
+   * Feeds one upstream failure of a channel into the health rules. Only failures reported as the
+   * upstream's reach here (`retry()`, `fail()`, `relay()`), or with `health.countUnreported` a
+   * 5xx/429 seen at `finish` (then `callerText` is absent and no auto-disable rule applies).
+   * Cooldowns go through the store; an auto-disable updates the registry (which publishes it to
+   * the other instances).
    */
-  async recordFailure(ch: RegisteredChannel, keyIndex: number | undefined, failure: RetryFailure): Promise<void> {
+  async recordFailure(ch: RegisteredChannel, keyIndex: number | undefined, failure: RetryFailure, callerText?: CallerText): Promise<void> {
     const { cooldown, autoDisable } = this.cfg.health;
-    if (autoDisable && ch.autoBan && this.shouldDisable(failure)) this.disable(ch, keyIndex);
-    if (cooldown && countsAsFailure(this.cfg.retry.statusTable, failure.status)) {
+    if (autoDisable && ch.autoBan && callerText && this.shouldDisable(failure, callerText)) this.disable(ch, keyIndex);
+    if (cooldown && countsAsFailure(failure.status)) {
       const now = Date.now();
       this.recentFailures.set(ch.id, now);
       const shared = await this.guard.run<number | null | 'unavailable'>('recordFailure', () => this.cfg.store.recordFailure(ch.id, cooldown, now), 'unavailable');
@@ -350,13 +379,26 @@ export class HealthBook {
     return now + policy.durationMs;
   }
 
-  private shouldDisable(failure: RetryFailure): boolean {
+  /**
+   * An auto-disable rule matches: a listed status (401/403 only), or a keyword in the upstream's
+   * message that does not occur in the caller's own request. An upstream that echoes the caller's
+   * input ("Invalid value for reasoning_effort: 'Permission denied'") must not let one caller
+   * switch a channel off for everyone.
+   */
+  private shouldDisable(failure: RetryFailure, callerText: CallerText): boolean {
     const ad = this.cfg.health.autoDisable;
     if (!ad) return false;
     if (failure.status !== undefined && ad.statusCodes.has(failure.status)) return true;
-    if (ad.keywords.length === 0) return false;
-    const text = failureText(failure.error).toLowerCase();
-    return !!text && ad.keywords.some((k) => text.includes(k));
+    if (ad.keywords.length === 0 || failure.error === undefined || failure.error === null) return false;
+    const text = errorText(failure.error, '').toLowerCase();
+    if (!text) return false;
+    let sent: string | undefined;
+    for (const k of ad.keywords) {
+      if (!text.includes(k)) continue;
+      sent ??= callerText();
+      if (!sent.includes(k)) return true;
+    }
+    return false;
   }
 
   private disable(ch: RegisteredChannel, keyIndex: number | undefined): void {

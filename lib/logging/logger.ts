@@ -1,9 +1,9 @@
 // The default winston logger (level warn, component field) and a redaction format for secrets.
 import winston from 'winston';
+import { REDACTED, redactText } from '../security/redact';
 import type { Logger } from '../types';
 
 const SECRET_KEY = /key|token|secret|authorization|password|cookie/i;
-const REDACTED = '[REDACTED]';
 /** Numeric identifiers such as `keyIndex` or `tokenId` are not secrets and stay readable. */
 const NUMERIC_ID = /(id|index|count)$/i;
 
@@ -23,13 +23,6 @@ function redactValue(v: unknown, depth: number): unknown {
     out[k] = isSecret(k, val) ? REDACTED : typeof val === 'string' ? redactText(val) : redactValue(val, depth + 1);
   }
   return out;
-}
-
-/** Masks `Bearer ...` and `sk-...` style tokens inside free text. */
-export function redactText(text: string): string {
-  return text
-    .replace(/(bearer\s+)[^\s"',;]+/gi, `$1${REDACTED}`)
-    .replace(/\bsk-[A-Za-z0-9_\-]{6,}/g, REDACTED);
 }
 
 /**

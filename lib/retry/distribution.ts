@@ -6,16 +6,15 @@ import { NoEnabledKeyError } from '../channels/multi-key';
 import type { RegisteredChannel } from '../channels/registry';
 import { DistributorError } from '../errors';
 import { callHook } from '../hooks';
-import { redactText } from '../logging/logger';
+import { callerTextOf, countsAsFailure } from '../health/health';
+import { callerCredentials, errorText, redact, REQUEST_SECRETS } from '../security/redact';
+import { inspect } from 'node:util';
 import type { Runtime } from '../runtime';
 import { selectChannel } from '../selection/select';
 import { driveToPromise, isThenable, type Steps } from '../steps';
 import { isRetryable } from './status-ranges';
 import { TRACE_HEADER, traceHeaderValue } from '../trace';
 import { ChannelStatus, type AffinityInfo, type Attempt, type Channel, type Distribution, type RequestContext, type RetryFailure, type StopReason } from '../types';
-
-/** Headers that carry the caller's credentials (OpenAI, Anthropic, Gemini, Azure styles). */
-const AUTH_HEADERS = ['authorization', 'proxy-authorization', 'x-api-key', 'x-goog-api-key', 'api-key'] as const;
 
 /** The frozen view of a channel with key `index` chosen for this request (cached on the channel). */
 function viewWithKey(ch: RegisteredChannel, index: number): Channel {
@@ -26,10 +25,16 @@ function viewWithKey(ch: RegisteredChannel, index: number): Channel {
   return (kv.views[index] ??= Object.freeze({ ...ch.view, key: ch.keys[index], keyIndex: index }) as Channel);
 }
 
-function errorText(e: unknown): string {
-  if (e instanceof Error) return e.message;
-  if (typeof e === 'string') return e;
-  return 'setup failed';
+/**
+ * The view of a chosen channel that observers get (hook events): `keyIndex` but never `key`.
+ * Cached next to the keyed views, so a `select` hook costs no allocation per request.
+ */
+export function observerView(ch: RegisteredChannel, index: number): Channel {
+  if (index < 0) return ch.view;
+  viewWithKey(ch, index); // makes sure keyViews belongs to the current view
+  const kv = ch.keyViews as NonNullable<RegisteredChannel['keyViews']>;
+  kv.observed ??= [];
+  return (kv.observed[index] ??= Object.freeze({ ...ch.view, keyIndex: index }) as Channel);
 }
 
 function clientGoneReason(): Error {
@@ -205,7 +210,7 @@ export class RequestRun implements Distribution {
   }
 
   private setupFailed(ch: RegisteredChannel, e: unknown): false {
-    const reason = this.redact(e instanceof NoEnabledKeyError ? e.message : errorText(e), ch);
+    const reason = this.redact(e instanceof NoEnabledKeyError ? e.message : errorText(e, 'setup failed'), ch);
     this.lastSetupError = reason;
     this.attempts.push({ channelId: ch.id, phase: 'setup', reason });
     this.note(`setup_failed ch=${ch.id}`);
@@ -227,7 +232,7 @@ export class RequestRun implements Distribution {
         // a first pick that only succeeded after a setup failure (or a stale pin) is a fallback
         const why = reason === 'select' && this.tried.length > 1 ? 'fallback' : reason;
         this.note(`${why} ch=${next.ch.id}`);
-        if (this.rt.cfg.on.select) callHook(this.rt.cfg, 'select', { req: this.req, channel: this.res.locals.channel as Channel, group: next.group, model: this.model, reason: why });
+        if (this.rt.cfg.on.select) callHook(this.rt.cfg, 'select', { req: this.req, channel: this.observedChannel(), group: next.group, model: this.model, reason: why });
         return true;
       }
     }
@@ -242,18 +247,28 @@ export class RequestRun implements Distribution {
     return new DistributorError('model_not_found', this.lastSetupError ? `${base}; last setup error: ${this.lastSetupError}` : base, 503);
   }
 
-  /** Removes channel keys, the caller's credential headers and the raw affinity value from a message. */
+  /** Removes channel keys (first), the caller's credentials and the raw affinity value from a message. */
   redact(message: string, ch?: RegisteredChannel): string {
-    let out = message;
-    const secrets: string[] = this.secrets ? [...this.secrets] : [];
-    if (ch) secrets.push(...ch.keys);
-    if (this.match) secrets.push(this.match.rawValue);
-    for (const h of AUTH_HEADERS) {
-      const v = this.req.headers[h];
-      for (const auth of Array.isArray(v) ? v : v ? [v] : []) secrets.push(auth, auth.replace(/^(bearer|basic)\s+/i, ''));
-    }
-    for (const s of secrets) if (s && s.length >= 3) out = out.split(s).join('[REDACTED]');
-    return redactText(out);
+    return redact(message, ch ? ch.keys : [], this[REQUEST_SECRETS]());
+  }
+
+  /** @internal The caller's values to keep out of any text (credentials, affinity values). */
+  [REQUEST_SECRETS](): string[] {
+    const out = callerCredentials(this.req.headers);
+    if (this.match) out.push(this.match.rawValue);
+    if (this.secrets) out.push(...this.secrets);
+    return out;
+  }
+
+  /** The channel observers see (hooks): the current one, without its key. */
+  observedChannel(): Channel {
+    const cur = this.current as RegisteredChannel;
+    return observerView(cur, this.currentKeyIndex ?? -1);
+  }
+
+  /** `console.log(res.locals.distribution)` shows the public fields only (no channel, no secrets). */
+  [inspect.custom](): Omit<Distribution, 'retry' | 'fail' | 'signal'> {
+    return this.toJSON();
   }
 
   // ---- retry --------------------------------------------------------------------------------
@@ -273,14 +288,14 @@ export class RequestRun implements Distribution {
   private async noteFailure(cur: RegisteredChannel, failure: RetryFailure): Promise<{ status?: number; retryable: boolean } | undefined> {
     if (this.toldFailure) return undefined;
     const status = typeof failure.status === 'number' ? failure.status : undefined;
-    const reason = failure.error !== undefined ? this.redact(errorText(failure.error), cur).slice(0, 200) : undefined;
+    const reason = failure.error !== undefined ? this.redact(errorText(failure.error, 'upstream failed'), cur).slice(0, 200) : undefined;
     this.attempts.push({ channelId: cur.id, phase: 'upstream', status, reason });
     this.note(`upstream ${status ?? 'error'} ch=${cur.id}`);
     this.toldFailure = true;
     this.groupUpstream++;
     const retryable = isRetryable(this.rt.cfg.retry.statusTable, status);
     if (retryable && this.affinity?.used && cur.id === this.pinnedId) this.pinFailed = true;
-    await this.rt.health.recordFailure(cur, this.currentKeyIndex, { ...failure, status });
+    await this.rt.health.recordFailure(cur, this.currentKeyIndex, { ...failure, status }, () => callerTextOf(this.req));
     return { status, retryable };
   }
 
@@ -411,12 +426,15 @@ export class RequestRun implements Distribution {
       return;
     }
     // A response that finished with a failure status, or was cut after its headers with one (a
-    // relay marking a broken stream), counts as a failure of the last channel unless reported.
+    // relay marking a broken stream), without a report: the attempt is recorded and a used pin
+    // that failed is cleared, but health is not fed. The status may be the gateway's own (a 404
+    // route, a 401 of its own user check, a 413 of its body limit), not the channel's. Only with
+    // `health.countUnreported` do such 5xx and 429 count (never an auto-disable rule).
     if ((finished || (this.res.headersSent && status >= 500)) && !this.toldFailure) {
       const retryable = isRetryable(cfg.retry.statusTable, status);
       if (retryable && this.affinity?.used && cur.id === this.pinnedId) this.pinFailed = true;
       this.attempts.push({ channelId: cur.id, phase: 'upstream', status });
-      void health.recordFailure(cur, this.currentKeyIndex, { status });
+      if (cfg.health.countUnreported && countsAsFailure(status)) void health.recordFailure(cur, this.currentKeyIndex, { status });
     }
     if (match && this.pinFailed && cfg.affinity.clearOnFailure && this.pinnedId !== undefined) {
       const pinned = this.pinnedId;

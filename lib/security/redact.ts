@@ -9,6 +9,23 @@ import type { IncomingHttpHeaders } from 'node:http';
 
 export const REDACTED = '[REDACTED]';
 
+/**
+ * @internal The method of `res.locals.distribution` that lists the caller's values to redact
+ * (credentials, the raw affinity value): how relay() reaches them without a public field.
+ */
+export const REQUEST_SECRETS: unique symbol = Symbol('express-channel-distributor.requestSecrets');
+
+/** A distribution that can list the caller's values to redact. */
+export interface HasRequestSecrets {
+  [REQUEST_SECRETS]?(): string[];
+}
+
+/** The caller's values to redact for a request (empty when there is no distribution). */
+export function requestSecrets(distribution: unknown): string[] {
+  const d = distribution as HasRequestSecrets | undefined;
+  return typeof d?.[REQUEST_SECRETS] === 'function' ? d[REQUEST_SECRETS]() : [];
+}
+
 /** Secrets shorter than this are not searched for (a 1-2 character value would shred any text). */
 const MIN_SECRET = 3;
 
