@@ -13,9 +13,9 @@ afterAll(() => closeClient());
 describe('forwarding', () => {
   test('sends the raw body with the channel key to baseUrl (one /v1), and streams the answer back', async () => {
     const up = await mock({ name: 'alpha' });
-    const gw = await gateway([ch(1, up)]);
+    const gw = await gateway([ch(1, up)], {}, { forwardHeaders: ['X-Custom'] });
     const raw = '{ "model" : "gpt-4o-mini",   "messages": [{"role":"user","content":"hi"}] }';
-    const r = await post(gw.url, raw, { ...ctx({ tokenId: 1 }), 'x-custom': 'kept', cookie: 'session=abc', 'x-api-key': 'client-key-xyz' });
+    const r = await post(gw.url, raw, { ...ctx({ tokenId: 1 }), 'x-custom': 'kept', cookie: 'session=abc', 'x-api-key': 'client-key-xyz', 'user-agent': 'test-agent/1' });
     expect(r.status).toBe(200);
     expect(r.json<{ choices: Array<{ message: { content: string } }> }>().choices[0].message.content).toBe('Hello from alpha');
     expect(r.headers['content-type']).toBe('application/json');
@@ -23,10 +23,12 @@ describe('forwarding', () => {
     expect(last.path).toBe('/v1/chat/completions');
     expect(last.body).toBe(raw); // byte for byte: the unchanged body is not re-serialised
     expect(last.headers.authorization).toBe('Bearer sk-upstream-key-1-secret');
-    expect(last.headers['x-custom']).toBe('kept');
+    expect(last.headers['x-custom']).toBe('kept'); // named in forwardHeaders
+    expect(last.headers['user-agent']).toBe('test-agent/1'); // on the default allowlist
+    expect(last.headers['content-type']).toBe('application/json');
     expect(last.headers.cookie).toBeUndefined();
     expect(last.headers['x-api-key']).toBeUndefined();
-    expect(last.headers['x-test-context']).toBeDefined(); // other headers pass through
+    expect(last.headers['x-test-context']).toBeUndefined(); // neither allowlisted nor named
     expect(gw.last().tried).toEqual([1]);
     expect(gw.last().attempts).toEqual([]);
   });
@@ -454,7 +456,7 @@ describe('request bodies the distributor did not read', () => {
     try {
       const { port } = server.address() as import('node:net').AddressInfo;
       const other = await mock();
-      const gw = await gateway([ch(1, `http://127.0.0.1:${port}`, { models: 'whisper-1', priority: 1 }), ch(2, other, { models: 'whisper-1' })]);
+      const gw = await gateway([ch(1, `http://127.0.0.1:${port}`, { models: 'whisper-1', priority: 1 }), ch(2, other, { models: 'whisper-1' })], {}, { forwardHeaders: ['x-fail'] });
       const boundary = 'XyZ';
       const form = `--${boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\nContent-Type: audio/wav\r\n\r\nRIFF....\r\n--${boundary}--\r\n`;
       const headers = { 'content-type': `multipart/form-data; boundary=${boundary}` };

@@ -1,30 +1,81 @@
-// Header handling for relay(): what is forwarded upstream, what is passed back to the client,
-// Retry-After parsing, and the secret scrubbing of upstream error text.
+// Header handling for relay(): which caller headers are forwarded upstream (an allowlist), what
+// is passed back to the client (never the channel key), and Retry-After parsing. Redaction itself
+// lives in lib/security/redact.ts.
 import type { IncomingHttpHeaders } from 'node:http';
+import { redact } from '../security/redact';
 
 /** Outgoing request headers as relay() hands them to undici and to the `headers` hook. */
 export type RelayHeaders = Record<string, string | string[]>;
 
 /**
- * Never forwarded upstream: hop-by-hop headers (RFC 9110 section 7.6.1), `host` and
- * `content-length` (recomputed), the caller's credentials (`authorization` is replaced by the
- * channel key; `x-api-key`, `api-key`, `x-goog-api-key`, `proxy-authorization` and `cookie`
- * are the caller's, never the upstream's), `expect` (undici rejects it) and `accept-encoding`
- * (the relay reads upstream error bodies, so it asks for identity encoding).
+ * The caller headers relay() forwards by default: what describes the body and the answer the
+ * caller wants, and the providers' API version and beta selectors. Everything else (credentials,
+ * cookies, account selectors such as `openai-organization` / `openai-project`, tracing and proxy
+ * headers) is only forwarded when named in `forwardHeaders`.
  */
-const SKIP_REQUEST = new Set([
-  'host', 'connection', 'keep-alive', 'proxy-connection', 'proxy-authorization', 'proxy-authenticate',
-  'te', 'trailer', 'transfer-encoding', 'upgrade', 'content-length', 'expect', 'accept-encoding',
-  'authorization', 'x-api-key', 'api-key', 'x-goog-api-key', 'cookie', 'http2-settings',
+export const DEFAULT_FORWARD_HEADERS: readonly string[] = Object.freeze([
+  'content-type', 'accept', 'user-agent', 'openai-beta', 'anthropic-version', 'anthropic-beta', 'x-request-id',
+]);
+
+/**
+ * Never forwarded, even when `forwardHeaders` names them: hop-by-hop headers (RFC 9110 section
+ * 7.6.1; `proxy-authorization` is the caller's credential for a proxy, consumed by the first one),
+ * `host` and `content-length` (undici sets them for the upstream), `expect` (undici rejects it),
+ * `accept-encoding` (the relay reads and redacts upstream error bodies, so it asks for identity
+ * encoding) and `content-encoding` (decided by the body rule: kept only with the caller's
+ * unchanged bytes, see relay.ts).
+ */
+const NEVER_FORWARD: ReadonlySet<string> = new Set([
+  'host', 'content-length', 'connection', 'keep-alive', 'proxy-connection', 'proxy-authorization', 'te', 'trailer',
+  'transfer-encoding', 'upgrade', 'http2-settings', 'expect', 'accept-encoding', 'content-encoding',
 ]);
 
 /**
  * Never passed back to the client: hop-by-hop headers (Node frames the response itself) and
  * `set-cookie` (the upstream's cookies belong to the gateway's session with it, not the caller's).
  */
-const SKIP_RESPONSE = new Set([
+const SKIP_RESPONSE: ReadonlySet<string> = new Set([
   'connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'set-cookie',
 ]);
+
+/** An RFC 9110 field name (token). */
+const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+
+/** The compiled request header allowlist of one relay(). */
+export interface HeaderAllowlist {
+  /** Lower-case names (the defaults plus the named strings), minus the never-forwarded ones. */
+  readonly names: readonly string[];
+  readonly nameSet: ReadonlySet<string>;
+  /** Patterns tested against the lower-case name (without `g` / `y`, so `test()` keeps no state). */
+  readonly patterns: readonly RegExp[];
+}
+
+/**
+ * Validates and compiles `relay({ forwardHeaders })`: strings are header names (compared
+ * case-insensitively), a RegExp tests the lower-case name. Throws a TypeError for anything else,
+ * and for a string naming a header that is never forwarded (`host`, `content-length`, hop-by-hop...).
+ */
+export function compileForwardHeaders(spec: unknown): HeaderAllowlist {
+  const names = new Set<string>(DEFAULT_FORWARD_HEADERS);
+  const patterns: RegExp[] = [];
+  if (spec !== undefined) {
+    if (!Array.isArray(spec)) throw new TypeError('relay(): forwardHeaders must be an array of header names (strings) or RegExps');
+    for (const entry of spec as unknown[]) {
+      if (entry instanceof RegExp) {
+        patterns.push(new RegExp(entry.source, entry.flags.replace(/[gy]/g, '')));
+        continue;
+      }
+      if (typeof entry !== 'string' || !TOKEN.test(entry)) {
+        throw new TypeError(`relay(): forwardHeaders entries must be header names or RegExps (got ${typeof entry === 'string' ? JSON.stringify(entry) : typeof entry})`);
+      }
+      const name = entry.toLowerCase();
+      if (NEVER_FORWARD.has(name)) throw new TypeError(`relay(): forwardHeaders cannot name "${name}": relay() never forwards the caller's (hop-by-hop, set by undici, or decided by the body)`);
+      names.add(name);
+    }
+  }
+  const list = [...names];
+  return { names: list, nameSet: names, patterns };
+}
 
 /** Names listed in a `Connection` header are hop-by-hop too. */
 function connectionTokens(value: string | string[] | undefined): Set<string> | undefined {
@@ -43,26 +94,73 @@ function connectionTokens(value: string | string[] | undefined): Set<string> | u
   return out;
 }
 
-/** `headers` without the names in `skip`, the names its Connection header lists, and unset values. */
-function withoutHopHeaders(headers: Record<string, string | string[] | undefined>, skip: ReadonlySet<string>): RelayHeaders {
+/**
+ * The caller's headers relay() forwards: those on the allowlist (Node lower-cases incoming
+ * names), never a hop-by-hop one (including names the caller's Connection header lists).
+ */
+export function forwardRequestHeaders(incoming: IncomingHttpHeaders, allow: HeaderAllowlist): RelayHeaders {
   const out: RelayHeaders = {};
-  const extra = connectionTokens(headers.connection);
-  for (const name in headers) {
-    if (skip.has(name) || (extra && extra.has(name))) continue;
-    const v = headers[name];
-    if (v !== undefined) out[name] = v;
+  const extra = connectionTokens(incoming.connection);
+  if (allow.patterns.length === 0) {
+    // the common case: look the few allowed names up instead of walking every incoming header
+    for (const name of allow.names) {
+      const v = incoming[name];
+      if (v !== undefined && !(extra && extra.has(name))) out[name] = v;
+    }
+    return out;
+  }
+  for (const name in incoming) {
+    const v = incoming[name];
+    if (v === undefined || NEVER_FORWARD.has(name) || (extra && extra.has(name))) continue;
+    if (allow.nameSet.has(name) || matchesAny(allow.patterns, name)) out[name] = v;
   }
   return out;
 }
 
-/** The caller's headers minus everything in SKIP_REQUEST (and Connection-listed names). */
-export function forwardRequestHeaders(incoming: IncomingHttpHeaders): RelayHeaders {
-  return withoutHopHeaders(incoming, SKIP_REQUEST);
+function matchesAny(patterns: readonly RegExp[], name: string): boolean {
+  for (const p of patterns) if (p.test(name)) return true;
+  return false;
 }
 
-/** Upstream response headers to pass back to the client. */
-export function forwardResponseHeaders(upstream: Record<string, string | string[] | undefined>): Record<string, string | string[]> {
-  return withoutHopHeaders(upstream, SKIP_RESPONSE);
+/** The forms in which a key may appear in a header value (as is, and percent-encoded in a URL). */
+function keyForms(key: string): string[] {
+  const enc = encodeURIComponent(key);
+  return enc === key ? [key] : [key, enc];
+}
+
+function containsAny(value: string, forms: readonly string[]): boolean {
+  for (const f of forms) if (value.includes(f)) return true;
+  return false;
+}
+
+/**
+ * `value` with the channel key (as is or percent-encoded, e.g. in a `Location` URL's query)
+ * replaced by `[REDACTED]`; the value itself when it does not contain it.
+ */
+export function withoutKey(value: string, key: string | undefined): string {
+  if (!key) return value;
+  const forms = keyForms(key);
+  return containsAny(value, forms) ? redact(value, forms) : value;
+}
+
+/**
+ * Upstream response headers to pass back to the client: without hop-by-hop headers and
+ * `set-cookie`, and with the channel key redacted wherever a value carries it (a `Location`
+ * whose query echoes `key=...`, a debug header echoing the Authorization it got).
+ */
+export function forwardResponseHeaders(upstream: Record<string, string | string[] | undefined>, key?: string): RelayHeaders {
+  const out: RelayHeaders = {};
+  const extra = connectionTokens(upstream.connection);
+  const forms = key ? keyForms(key) : undefined;
+  for (const name in upstream) {
+    if (SKIP_RESPONSE.has(name) || (extra && extra.has(name))) continue;
+    const v = upstream[name];
+    if (v === undefined) continue;
+    if (!forms) out[name] = v;
+    else if (typeof v === 'string') out[name] = containsAny(v, forms) ? redact(v, forms) : v;
+    else out[name] = v.map((s) => (containsAny(s, forms) ? redact(s, forms) : s));
+  }
+  return out;
 }
 
 function first(v: string | string[] | undefined): string | undefined {
@@ -85,28 +183,4 @@ export function parseRetryAfter(headers: Record<string, string | string[] | unde
   const at = Date.parse(ra);
   if (Number.isNaN(at)) return undefined;
   return Math.max(0, at - now);
-}
-
-/** Replaces every occurrence of the given secrets (at least 4 characters) with `[REDACTED]`. */
-export function scrub(text: string, secrets: ReadonlyArray<string | undefined>): string {
-  let out = text;
-  for (const s of secrets) if (s && s.length >= 4 && out.includes(s)) out = out.split(s).join('[REDACTED]');
-  return out;
-}
-
-/** The caller's credential values (full header values and bare tokens), for scrubbing. */
-export function callerSecrets(incoming: IncomingHttpHeaders): string[] {
-  const out: string[] = [];
-  const add = (v: string | string[] | undefined) => {
-    const s = first(v);
-    if (!s) return;
-    out.push(s);
-    const bare = s.replace(/^(bearer|basic)\s+/i, '');
-    if (bare !== s) out.push(bare);
-  };
-  add(incoming.authorization);
-  add(incoming['x-api-key']);
-  add(incoming['api-key']);
-  add(incoming['x-goog-api-key']);
-  return out;
 }

@@ -3,19 +3,30 @@
 // another channel (`res.locals.distribution.retry()`) when an attempt fails before the first byte
 // reached the client. After that commit point a failure ends the response visibly: an SSE `error`
 // event for event streams, an aborted response otherwise; never a clean-looking success.
+//
+// Trust boundary (API.md 11.1, docs/relay-security.md): only allowlisted caller headers go
+// upstream, the caller's `key` query parameter does not when the channel has a key, a decoded body
+// loses its `content-encoding`, dot segments and absolute-form targets are refused (400
+// `invalid_path`), the channel key never comes back in response headers or error bodies, and no
+// upstream request is made (or kept open) for a client that has gone.
 import type { NextFunction, Request, RequestHandler, Response } from 'express';
 import { EventEmitter } from 'node:events';
 import type { Readable } from 'node:stream';
 import { Agent, type Dispatcher } from 'undici';
 import { bodyKind, parsedFromRaw } from '../request/body';
+import { callerCredentials, redact } from '../security/redact';
 import type { Channel, Distribution } from '../types';
-import { callerSecrets, forwardRequestHeaders, forwardResponseHeaders, parseRetryAfter, scrub, type RelayHeaders } from './headers';
-import { upstreamBase, upstreamPath } from './target';
+import { compileForwardHeaders, forwardRequestHeaders, forwardResponseHeaders, parseRetryAfter, withoutKey, type HeaderAllowlist, type RelayHeaders } from './headers';
+import { refusedTarget, unsafePath, upstreamBase, upstreamPath, withoutKeyParam, type UpstreamBase } from './target';
 
 export type { RelayHeaders } from './headers';
 
-/** Codes of the errors relay() itself answers with (`{ error: { message, type: 'upstream_error', code } }`). */
+/**
+ * Codes of the errors relay() itself answers with: `{ error: { message, type: 'upstream_error', code } }`,
+ * and `invalid_path` (400, `type: 'invalid_request_error'`) for a path the path rule refuses.
+ */
 export type RelayErrorCode =
+  | 'invalid_path'
   | 'upstream_connection_error'
   | 'upstream_timeout'
   | 'upstream_status'
@@ -56,20 +67,40 @@ export interface RelayOptions {
    * Maps a request to the path (and query) appended to the channel's base URL path. Default: the
    * pathname and query of `req.originalUrl`, with a version segment that ends the base URL (`/v1`,
    * `/v1beta`, ...) not repeated: base `http://h/v1` + `/v1/chat/completions` -> `http://h/v1/chat/completions`.
-   * A returned path is used verbatim (no de-duplication).
+   * The default rule answers 400 `invalid_path` for a request target in absolute form
+   * (`POST http://host/x`) or with `.` / `..` segments (raw or percent-encoded, `/` or `\`
+   * separated) or a leading `//`. A returned path is appended verbatim (no de-duplication) and
+   * checked the same way (a `../` in it is refused with 400 `invalid_path`), so the upstream
+   * path always starts with the channel's base path. With a channel key, the caller's `key` query
+   * parameter is removed from either (other query parameters stay byte-identical).
    */
   path?: (req: Request, channel: Channel) => string;
   /**
+   * Caller headers forwarded upstream in addition to the default allowlist (`content-type`,
+   * `accept`, `user-agent`, `openai-beta`, `anthropic-version`, `anthropic-beta`, `x-request-id`).
+   * A string is a header name (compared case-insensitively); a RegExp tests the lower-case name.
+   * Credentials (`authorization`, `x-api-key`, ...), `cookie` and account selectors
+   * (`openai-organization`, `openai-project`) are forwarded only when named here. Hop-by-hop
+   * headers, `host`, `content-length`, `expect`, `accept-encoding` and `content-encoding` are never
+   * taken from this list (a string naming one throws; a RegExp matching one is ignored);
+   * `content-encoding` is forwarded only with the caller's unchanged body bytes. Validated when
+   * relay() is created. Default `[]` (the allowlist only).
+   */
+  forwardHeaders?: ReadonlyArray<string | RegExp>;
+  /**
    * Adjusts the upstream request headers per attempt (for example `x-api-key` for an Anthropic
-   * upstream). Receives a copy it may mutate, or returns a replacement. Default headers: the
-   * caller's minus hop-by-hop headers, `host`, `content-length`, `accept-encoding`, `expect`, `cookie`
-   * and the caller's credentials, plus `authorization: Bearer <channel.key>` when the channel has a key.
+   * upstream); runs after the defaults are built, so it may add anything. Receives a copy it may
+   * mutate, or returns a replacement. Default headers: the allowlisted caller headers (see
+   * `forwardHeaders`), `content-encoding` only with the caller's unchanged body bytes, plus
+   * `authorization: Bearer <channel.key>` when the channel has a key.
    */
   headers?: (headers: RelayHeaders, ctx: { req: Request; channel: Channel; attempt: number }) => RelayHeaders | void;
   /**
    * Adjusts the headers of a successful upstream answer before they reach the client (for example
    * to drop `openai-organization`). Default: the upstream's headers minus hop-by-hop headers and
-   * `set-cookie`. Receives a fresh object it may mutate, or returns a replacement.
+   * `set-cookie`, with the channel key (as is or percent-encoded, e.g. in a `Location` URL)
+   * replaced by `[REDACTED]` in every value. Receives a fresh object it may mutate, or returns a
+   * replacement.
    */
   responseHeaders?: (headers: RelayHeaders, ctx: { req: Request; channel: Channel; status: number }) => RelayHeaders | void;
   /** The undici dispatcher to send with. Default: one keep-alive `Agent` per relay() (closed by `close()`). */
@@ -92,12 +123,15 @@ interface Resolved {
   path?: RelayOptions['path'];
   headers?: RelayOptions['headers'];
   responseHeaders?: RelayOptions['responseHeaders'];
+  allow: HeaderAllowlist;
   dispatcher: Dispatcher;
   onUpstreamError?: RelayOptions['onUpstreamError'];
 }
 
 /** A failed attempt. `committed` failures were already answered to the client. */
 interface Failure {
+  /** The path rule refused the request (400 `invalid_path`): no upstream call, no retry. */
+  refused?: boolean;
   status?: number;
   code: RelayErrorCode;
   message: string;
@@ -111,6 +145,11 @@ interface Failure {
 interface OutBody {
   data?: Buffer | string;
   stream?: Readable;
+  /**
+   * The caller's bytes as they arrived (the distributor's `req.rawBody`, or the unread stream):
+   * only then does the caller's `content-encoding` still describe them.
+   */
+  verbatim?: boolean;
 }
 
 interface RunState {
@@ -120,7 +159,7 @@ interface RunState {
    * 'abort'), not an AbortController: on Node 20 an AbortSignal listener costs ~10 us per request.
    */
   signal: EventEmitter;
-  /** The caller's credentials, computed on the first error body that needs scrubbing. */
+  /** The caller's values (credentials, affinity values), computed on the first error body that needs redaction. */
   secrets?: string[];
 }
 
@@ -146,11 +185,25 @@ function hasBody(req: Request): boolean {
  * What to send upstream: the raw bytes the distributor read while `req.body` is still the
  * object it parsed from them (or was never set); a replaced body re-serialised (JSON, or
  * urlencoded for form requests); otherwise the unread request stream (not replayable).
+ *
+ * The caller's `content-encoding` goes with the first and the last only. The distributor reads
+ * raw bytes without decoding them, so they are still what the header describes; a `req.body`
+ * comes from a parser (express.json(), raw(), text() inflate gzip / deflate / br) or from the
+ * gateway's code, so it is decoded, and re-sent with the header it would be mislabelled.
  */
 function outgoingBody(req: Request, headers: RelayHeaders): OutBody {
+  const out = bodyToSend(req, headers);
+  if (out.verbatim) {
+    const ce = req.headers['content-encoding'];
+    if (ce !== undefined) headers['content-encoding'] = ce;
+  }
+  return out;
+}
+
+function bodyToSend(req: Request, headers: RelayHeaders): OutBody {
   const raw = req.rawBody;
   const body: unknown = req.body;
-  if (raw && (body === undefined || parsedFromRaw.get(raw) === body)) return { data: raw };
+  if (raw && (body === undefined || parsedFromRaw.get(raw) === body)) return { data: raw, verbatim: true };
   if (body !== undefined && body !== null) {
     if (Buffer.isBuffer(body)) return { data: body };
     if (typeof body === 'string') return { data: body };
@@ -166,7 +219,7 @@ function outgoingBody(req: Request, headers: RelayHeaders): OutBody {
   if (hasBody(req) && !req.readableEnded && (req as { _body?: boolean })._body !== true) {
     const cl = req.headers['content-length'];
     if (cl !== undefined) headers['content-length'] = cl;
-    return { stream: req };
+    return { stream: req, verbatim: true };
   }
   return {};
 }
@@ -299,11 +352,16 @@ function pump(up: Dispatcher.ResponseData, res: Response, st: RunState, o: Resol
     let held: Buffer | undefined;
     const commit = () => {
       committed = true;
-      let headers = forwardResponseHeaders(up.headers);
+      let headers = forwardResponseHeaders(up.headers, channel.key);
       if (o.responseHeaders) headers = o.responseHeaders(headers, { req, channel, status: up.statusCode }) ?? headers;
       res.writeHead(up.statusCode, headers);
     };
     const write = (chunk: Buffer) => {
+      // the client went between two chunks: stop reading the upstream (its 'close' aborts it too)
+      if (st.clientGone || res.destroyed) {
+        abandon();
+        return;
+      }
       if (!committed) commit();
       if (!res.write(chunk)) {
         body.pause();
@@ -381,7 +439,37 @@ function pump(up: Dispatcher.ResponseData, res: Response, st: RunState, o: Resol
   });
 }
 
-/** One upstream attempt. Null when the client got its answer; a Failure otherwise. */
+const INVALID_PATH = 'Invalid request path: dot segments, a leading "//" and absolute-form request targets are not forwarded';
+
+/**
+ * The upstream path and query for this attempt, or undefined when the path rule refuses it. The
+ * default rule has checked `req.originalUrl` already (refusedTarget, once per request); a custom
+ * `path` result is checked here. Either way the result starts with the base path, and the
+ * caller's `key` query parameter is removed when the channel has a key.
+ */
+function targetPath(req: Request, o: Resolved, base: UpstreamBase, channel: Channel): string | undefined {
+  let path: string;
+  if (o.path) {
+    const p = o.path(req, channel);
+    path = base.basePath + (p.charCodeAt(0) === 0x2f ? p : `/${p}`);
+    if (unsafePath(path)) return undefined;
+  } else {
+    path = upstreamPath(base, req.originalUrl ?? req.url);
+  }
+  return channel.key ? withoutKeyParam(path) : path;
+}
+
+/** Values of the caller's `key` query parameter (a Gemini-style credential), for redaction. */
+function queryKeys(req: Request): string[] {
+  const url = req.originalUrl ?? req.url ?? '';
+  const q = url.indexOf('?');
+  if (q === -1) return [];
+  const out: string[] = [];
+  for (const [k, v] of new URLSearchParams(url.slice(q + 1))) if (k.toLowerCase() === 'key' && v) out.push(v);
+  return out;
+}
+
+/** One upstream attempt. Null when the client got its answer (or has gone); a Failure otherwise. */
 async function attemptOnce(req: Request, res: Response, o: Resolved, st: RunState, channel: Channel, baseHeaders: RelayHeaders, out: OutBody, attempt: number): Promise<Failure | null> {
   const base = upstreamBase(channel);
   if (typeof base === 'string') return { code: 'upstream_connection_error', message: base, committed: false };
@@ -392,13 +480,10 @@ async function attemptOnce(req: Request, res: Response, o: Resolved, st: RunStat
     headers = { ...baseHeaders };
     headers = o.headers(headers, { req, channel, attempt }) ?? headers;
   }
-  let path: string;
-  if (o.path) {
-    const p = o.path(req, channel);
-    path = base.basePath + (p.charCodeAt(0) === 0x2f ? p : `/${p}`);
-  } else {
-    path = upstreamPath(base, req.originalUrl ?? req.url);
-  }
+  const path = targetPath(req, o, base, channel);
+  if (path === undefined) return { refused: true, status: 400, code: 'invalid_path', message: INVALID_PATH, committed: false };
+  // the client may have gone while retry() waited, or before relay() started
+  if (st.clientGone || res.closed) return null;
   let up: Dispatcher.ResponseData;
   try {
     up = await o.dispatcher.request({
@@ -419,9 +504,9 @@ async function attemptOnce(req: Request, res: Response, o: Resolved, st: RunStat
     return null;
   }
   if (up.statusCode >= 400) {
-    st.secrets ??= [...callerSecrets(req.headers), ...affinityValues(res.locals.distribution)];
-    const secrets = channel.key ? [channel.key, ...st.secrets] : st.secrets;
-    const text = scrub(await readBounded(up.body, o.errorBodyLimit), secrets);
+    st.secrets ??= [...callerCredentials(req.headers), ...queryKeys(req), ...affinityValues(res.locals.distribution)];
+    const keys = channel.key ? [channel.key, encodeURIComponent(channel.key)] : [];
+    const text = redact(await readBounded(up.body, o.errorBodyLimit), keys, st.secrets);
     const ra = up.headers['retry-after'];
     return {
       status: up.statusCode,
@@ -429,11 +514,20 @@ async function attemptOnce(req: Request, res: Response, o: Resolved, st: RunStat
       message: upstreamMessage(text, up.statusCode),
       retryAfterMs: parseRetryAfter(up.headers),
       body: text,
-      retryAfter: typeof ra === 'string' ? ra : undefined,
+      retryAfter: typeof ra === 'string' ? withoutKey(ra, channel.key) : undefined,
       committed: false,
     };
   }
   return pump(up, res, st, o, req, channel, attempt);
+}
+
+/** 400 `invalid_path` (OpenAI-shaped): the path rule refused the request before any upstream call. */
+function sendInvalidPath(res: Response): void {
+  const text = JSON.stringify({ error: { message: INVALID_PATH, type: 'invalid_request_error', code: 'invalid_path' } });
+  res.statusCode = 400;
+  res.setHeader('content-type', 'application/json; charset=utf-8');
+  res.setHeader('content-length', Buffer.byteLength(text));
+  res.end(text);
 }
 
 /** The final answer after the last failed attempt. */
@@ -467,7 +561,20 @@ async function relayRequest(req: Request, res: Response, o: Resolved): Promise<v
     res.end(JSON.stringify({ error: { message: 'relay(): no channel was selected for this request (mount distributor() before relay())', type: 'relay_error', code: 'no_channel' } }));
     return;
   }
+  // The client may have gone while the distributor was still awaiting (body, store, context):
+  // its 'close' has fired already, so no listener registered now would hear it. `res.closed` is
+  // the condition `distribution.signal` reports (closed before the response finished); it is read
+  // here instead of the signal, which the distributor creates on first use (an AbortController
+  // costs ~4 us per request on Node 20). attemptOnce() checks it again before every upstream call.
+  if (res.closed) return;
+  if (!o.path && refusedTarget(req.originalUrl ?? req.url)) {
+    sendInvalidPath(res);
+    return;
+  }
   const st: RunState = { clientGone: false, signal: new EventEmitter() };
+  // One listener per request, on the response (an EventEmitter, cheap): when the client goes
+  // before the response finished, the attempt in flight is aborted: undici rejects a pending
+  // request and destroys a response body, also one paused while waiting for 'drain'.
   const onClose = () => {
     if (!res.writableFinished) {
       st.clientGone = true;
@@ -475,10 +582,14 @@ async function relayRequest(req: Request, res: Response, o: Resolved): Promise<v
     }
   };
   res.once('close', onClose);
-  const baseHeaders = forwardRequestHeaders(req.headers);
+  const baseHeaders = forwardRequestHeaders(req.headers, o.allow);
   const out = outgoingBody(req, baseHeaders);
   for (let attempt = 1; ; attempt++) {
     const f = await attemptOnce(req, res, o, st, channel, baseHeaders, out, attempt);
+    if (f?.refused) {
+      if (!res.headersSent && !st.clientGone) sendInvalidPath(res);
+      return;
+    }
     if (!f || f.committed || st.clientGone) return;
     callHook(o, { req, channelId: channel.id, attempt, status: f.status, code: f.code, message: f.message, retryAfterMs: f.retryAfterMs, committed: false });
     // A streamed request body was consumed by the first attempt and cannot be replayed.
@@ -505,6 +616,7 @@ export function relay(options: RelayOptions = {}): RelayHandler {
   const bodyTimeoutMs = positive('bodyTimeoutMs', options.bodyTimeoutMs, 120_000);
   const errorBodyLimit = positive('errorBodyLimit', options.errorBodyLimit, 65_536);
   const connectTimeoutMs = positive('connectTimeoutMs', options.connectTimeoutMs, 10_000);
+  const allow = compileForwardHeaders(options.forwardHeaders);
   // keep-alive pool per origin; idle sockets live 30 s unless the upstream's Keep-Alive says less
   const ownAgent = options.dispatcher ? undefined : new Agent({ keepAliveTimeout: 30_000, keepAliveMaxTimeout: 600_000, connect: { timeout: connectTimeoutMs } });
   const o: Resolved = {
@@ -514,6 +626,7 @@ export function relay(options: RelayOptions = {}): RelayHandler {
     path: options.path,
     headers: options.headers,
     responseHeaders: options.responseHeaders,
+    allow,
     dispatcher: options.dispatcher ?? (ownAgent as Agent),
     onUpstreamError: options.onUpstreamError,
   };

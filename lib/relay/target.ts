@@ -1,5 +1,6 @@
 // Where relay() sends a request: the channel's base URL (parsed once per channel view) plus the
-// incoming path, with a duplicated version segment removed.
+// incoming path, with a duplicated version segment removed; the path rule that refuses dot
+// segments and absolute-form targets; and the removal of the caller's `key` query parameter.
 import type { Channel } from '../types';
 
 /** A channel's parsed base URL. */
@@ -60,4 +61,71 @@ export function upstreamPath(base: UpstreamBase, incoming: string): string {
   const path = base.basePath + rest;
   if (path === '') return '/';
   return path.charCodeAt(0) === 0x2f ? path : `/${path}`;
+}
+
+const ENCODED_SEPARATORS = /%(?:2e|2f|5c)/gi;
+
+function decodeSeparator(m: string): string {
+  const c = m.charCodeAt(2) | 0x20; // the escape's last hex digit, lower-cased
+  return c === 0x65 /* e */ ? '.' : c === 0x66 /* f */ ? '/' : '\\';
+}
+
+/**
+ * True when a request path (with or without its query) must not reach an upstream: it has a `.`
+ * or `..` segment, raw or percent-encoded (`%2e`, `%2E`, any mix), with `/` or `\` (raw, `%2f`
+ * or `%5c`) as separators, also with a `;parameter` (`..;` means `..` to some servers); or it
+ * starts with two separators (`//host/x`, `/\host`: a network-path reference to URL parsers).
+ *
+ * Percent-encoding is decoded once, as every compliant server does: `%252e` is the literal
+ * segment `%2e` upstream, neither `.` nor `..`, and passes.
+ */
+export function unsafePath(pathAndQuery: string): boolean {
+  const q = pathAndQuery.indexOf('?');
+  const path = q === -1 ? pathAndQuery : pathAndQuery.slice(0, q);
+  // the common path (`/v1/chat/completions`) has no dot, escape or backslash and one leading slash
+  if (!/[.%\\]/.test(path) && !(path.charCodeAt(0) === 0x2f && path.charCodeAt(1) === 0x2f)) return false;
+  const d = path.replace(ENCODED_SEPARATORS, decodeSeparator);
+  if (/^[/\\]{2}/.test(d)) return true;
+  for (const seg of d.split(/[/\\]/)) {
+    const semi = seg.indexOf(';');
+    const s = semi === -1 ? seg : seg.slice(0, semi);
+    if (s === '.' || s === '..') return true;
+  }
+  return false;
+}
+
+/**
+ * Where the default path rule refuses a request: a target not in origin form (absolute form
+ * `http://host/x`, asterisk form `*`) or an unsafe path (see unsafePath).
+ */
+export function refusedTarget(originalUrl: string): boolean {
+  return originalUrl.charCodeAt(0) !== 0x2f || unsafePath(originalUrl);
+}
+
+/** The decoded, lower-cased name of one `name=value` query part. */
+function paramName(part: string): string {
+  const eq = part.indexOf('=');
+  const raw = (eq === -1 ? part : part.slice(0, eq)).replace(/\+/g, ' ');
+  try {
+    return decodeURIComponent(raw).toLowerCase();
+  } catch {
+    return raw.toLowerCase();
+  }
+}
+
+/**
+ * `pathAndQuery` without the caller's `key` query parameter (Gemini style credential), compared
+ * after percent-decoding and case-insensitively (`Key`, `KEY`, `%6Bey`); every other part of the
+ * query stays byte-identical, in order. Unchanged (the same string) when there is none.
+ */
+export function withoutKeyParam(pathAndQuery: string): string {
+  const q = pathAndQuery.indexOf('?');
+  if (q === -1) return pathAndQuery;
+  const query = pathAndQuery.slice(q + 1);
+  if (!/[k%]/i.test(query)) return pathAndQuery;
+  const parts = query.split('&');
+  const kept = parts.filter((p) => paramName(p) !== 'key');
+  if (kept.length === parts.length) return pathAndQuery;
+  const path = pathAndQuery.slice(0, q);
+  return kept.length ? `${path}?${kept.join('&')}` : path;
 }
