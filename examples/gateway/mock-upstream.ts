@@ -42,6 +42,21 @@ export interface MockBehaviour {
   cutFirst?: number;
   /** Reset the connection without answering. */
   dropConnection?: boolean;
+  /**
+   * Extra headers on every answer of the completion routes (success and failure). In values,
+   * `{auth}` is replaced by the Authorization received, `{token}` by its bearer token and
+   * `{token_url}` by that token percent-encoded (to test
+   * that a gateway never passes an upstream's echo of its key back to the caller).
+   */
+  headers?: Record<string, string>;
+  /** Fail (with `failStatus`) every request that carries this header (an upstream rejecting e.g. a foreign `openai-organization`). */
+  failIfHeader?: string;
+  /**
+   * Pad streamed answers with SSE comment lines (16 KiB each, before the first event) up to at
+   * least this many bytes, honouring backpressure: a client that does not read keeps the mock
+   * waiting for 'drain' (to test that a gateway aborts such an upstream answer when its client goes).
+   */
+  streamBytes?: number;
 }
 
 export interface MockUpstreamOptions extends MockBehaviour {
@@ -70,6 +85,8 @@ export interface MockStats {
   cut: number;
   dropped: number;
   paths: Record<string, number>;
+  /** Answers whose connection closed before they finished (the client aborted them). */
+  aborted: number;
   /** The last request as received (tests only; never printed). */
   last?: MockRequestRecord;
 }
@@ -80,6 +97,10 @@ export interface MockUpstream {
   /** `http://127.0.0.1:<port>` */
   readonly url: string;
   readonly stats: MockStats;
+  /** Answers in progress now (received, response not yet finished or closed). */
+  readonly open: number;
+  /** Every request received on any path (the raw request target), the last 100; tests only, never printed. */
+  readonly requests: MockRequestRecord[];
   /** Changes the behaviour for the next requests (merged into the current one). */
   set(behaviour: MockBehaviour): void;
   /** Zeroes the counters (and the failFirst / cutFirst countdowns). */
@@ -90,7 +111,7 @@ export interface MockUpstream {
 const CREATED = 1700000000;
 
 function emptyStats(): MockStats {
-  return { hits: 0, ok: 0, failed: 0, streamed: 0, cut: 0, dropped: 0, paths: {} };
+  return { hits: 0, ok: 0, failed: 0, streamed: 0, cut: 0, dropped: 0, paths: {}, aborted: 0 };
 }
 
 function chatJson(name: string, model: string): string {
@@ -153,6 +174,8 @@ export function startMockUpstream(options: MockUpstreamOptions = {}): Promise<Mo
   let n = 0;
   let okN = 0;
   const sockets = new Set<Socket>();
+  let open = 0;
+  const requests: MockRequestRecord[] = [];
   const timers = new Set<NodeJS.Timeout>();
   // pending delays are dropped on close(), so a stopped mock holds no timers
   const sleep = (ms: number) =>
@@ -177,6 +200,10 @@ export function startMockUpstream(options: MockUpstreamOptions = {}): Promise<Mo
     stats.paths[path] = (stats.paths[path] ?? 0) + 1;
     stats.last = { method: req.method ?? '', path: req.url ?? '', headers: req.headers, body: raw };
     const b = behaviour;
+    const auth = req.headers.authorization ?? '';
+    const extra: http.OutgoingHttpHeaders = {};
+    const token = auth.replace(/^bearer\s+/i, '');
+    for (const [k, v] of Object.entries(b.headers ?? {})) extra[k] = v.split('{auth}').join(auth).split('{token_url}').join(encodeURIComponent(token)).split('{token}').join(token);
     if (b.delayMs) await sleep(b.delayMs);
     if (res.destroyed) return;
     if (b.dropConnection) {
@@ -184,13 +211,13 @@ export function startMockUpstream(options: MockUpstreamOptions = {}): Promise<Mo
       req.socket.destroy();
       return;
     }
-    if (shouldFail()) {
+    const refuse = b.failIfHeader !== undefined && req.headers[b.failIfHeader.toLowerCase()] !== undefined;
+    if (shouldFail() || refuse) {
       stats.failed += 1;
       const status = b.failStatus ?? 500;
-      const auth = req.headers.authorization ?? '';
       const message = (b.failMessage ?? `mock ${name} failure (${status})`).split('{auth}').join(auth);
       const body = JSON.stringify({ error: { message, type: status === 429 ? 'rate_limit_exceeded' : 'server_error', param: null, code: null } });
-      const h: http.OutgoingHttpHeaders = { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) };
+      const h: http.OutgoingHttpHeaders = { ...extra, 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) };
       if (b.retryAfter !== undefined) h['retry-after'] = b.retryAfter;
       res.writeHead(status, h);
       res.end(body);
@@ -210,7 +237,7 @@ export function startMockUpstream(options: MockUpstreamOptions = {}): Promise<Mo
     const responses = path === '/v1/responses';
     if (parsed.stream !== true) {
       const body = Buffer.from(responses ? JSON.stringify(responseObject(name, model, 'completed')) : chatJson(name, model));
-      res.writeHead(200, { 'content-type': 'application/json', 'content-length': body.length });
+      res.writeHead(200, { ...extra, 'content-type': 'application/json', 'content-length': body.length });
       if (cut !== undefined) {
         stats.cut += 1;
         if (cut > 0) res.write(body.subarray(0, body.length >> 1));
@@ -223,7 +250,24 @@ export function startMockUpstream(options: MockUpstreamOptions = {}): Promise<Mo
       return;
     }
     stats.streamed += 1;
-    res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache' });
+    res.writeHead(200, { ...extra, 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache' });
+    if (b.streamBytes) {
+      const pad = `: ${'x'.repeat(16 * 1024 - 4)}\n\n`;
+      for (let sent = 0; sent < b.streamBytes; sent += pad.length) {
+        if (res.destroyed) return;
+        if (!res.write(pad)) {
+          await new Promise<void>((r) => {
+            const done = () => {
+              res.off('drain', done);
+              res.off('close', done);
+              r();
+            };
+            res.on('drain', done);
+            res.on('close', done);
+          });
+        }
+      }
+    }
     const chunks = responses ? responseEvents(name, model) : chatChunks(name, model);
     for (let i = 0; i < chunks.length; i++) {
       if (cut !== undefined && i >= cut) {
@@ -244,13 +288,22 @@ export function startMockUpstream(options: MockUpstreamOptions = {}): Promise<Mo
 
   const server = http.createServer((req, res) => {
     const url = req.url ?? '/';
+    open += 1;
+    res.once('close', () => {
+      open -= 1;
+      if (!res.writableFinished) stats.aborted += 1;
+    });
+    const record: MockRequestRecord = { method: req.method ?? '', path: url, headers: req.headers, body: '' };
+    requests.push(record);
+    if (requests.length > 100) requests.shift();
     const q = url.indexOf('?');
     const path = q === -1 ? url : url.slice(0, q);
     if (req.method === 'POST' && (path === '/v1/chat/completions' || path === '/v1/responses')) {
       const chunks: Buffer[] = [];
       req.on('data', (d: Buffer) => chunks.push(d));
       req.on('end', () => {
-        handle(req, res, Buffer.concat(chunks).toString('utf8'), path).catch(() => res.destroy());
+        record.body = Buffer.concat(chunks).toString('utf8');
+        handle(req, res, record.body, path).catch(() => res.destroy());
       });
       return;
     }
@@ -296,12 +349,17 @@ export function startMockUpstream(options: MockUpstreamOptions = {}): Promise<Mo
     port: 0,
     url: '',
     stats,
+    get open() {
+      return open;
+    },
+    requests,
     set(b: MockBehaviour) {
       behaviour = { ...behaviour, ...b };
     },
     reset() {
       Object.assign(stats, emptyStats());
       delete stats.last;
+      requests.length = 0;
       n = 0;
       okN = 0;
     },
