@@ -12,6 +12,7 @@ import { inspect } from 'node:util';
 import type { Runtime } from '../runtime';
 import { selectChannel } from '../selection/select';
 import { driveToPromise, isThenable, type Steps } from '../steps';
+import { decidePin } from '../affinity/policy';
 import { isRetryable } from './status-ranges';
 import { TRACE_HEADER, traceHeaderValue } from '../trace';
 import { ChannelStatus, type AffinityInfo, type Attempt, type Channel, type Distribution, type RequestContext, type RetryFailure, type StopReason } from '../types';
@@ -407,39 +408,32 @@ export class RequestRun implements Distribution {
     const match = this.match;
     // A last attempt reported as failed (retry() gave up, or fail() after the commit point) is a
     // failure even when the wire status, already sent, says 200.
-    if (finished && status < 400 && !this.toldFailure) {
-      health.recordSuccess(cur);
-      if (!match) return;
-      const aff = cfg.affinity;
-      let target = aff.switchOnSuccess ? cur.id : this.firstChosen ?? cur.id;
-      if (!aff.switchOnSuccess && this.pinFailed && aff.clearOnFailure && cur.id !== this.pinnedId) {
-        void guard.run('clearPin', () => cfg.store.clearPin(match.key, this.pinnedId as number), false);
-        return;
-      }
-      // Without switchOnSuccess an existing pin never moves: a stale pin that was kept
-      // (keepOnChannelDisabled) or re-pinned elsewhere meanwhile stays as it is.
-      if (!aff.switchOnSuccess && this.affinity?.hit && !this.affinity.used && !this.affinity.cleared) return;
-      // A used pin that served was already refreshed by the lookup: no write needed.
-      if (this.affinity?.used && target === this.pinnedId && !this.pinFailed) return;
-      if (!aff.switchOnSuccess && this.affinity?.used) target = this.pinnedId as number;
-      void guard.run('setPin', () => cfg.store.setPin(match.key, target, match.rule.ttlMs), undefined);
-      return;
-    }
+    const success = finished && status < 400 && !this.toldFailure;
+    if (success) health.recordSuccess(cur);
     // A response that finished with a failure status, or was cut after its headers with one (a
     // relay marking a broken stream), without a report: the attempt is recorded and a used pin
     // that failed is cleared, but health is not fed. The status may be the gateway's own (a 404
     // route, a 401 of its own user check, a 413 of its body limit), not the channel's. Only with
     // `health.countUnreported` do such 5xx and 429 count (never an auto-disable rule).
-    if ((finished || (this.res.headersSent && status >= 500)) && !this.toldFailure) {
+    else if ((finished || (this.res.headersSent && status >= 500)) && !this.toldFailure) {
       const retryable = isRetryable(cfg.retry.statusTable, status);
       if (retryable && this.affinity?.used && cur.id === this.pinnedId) this.pinFailed = true;
       this.attempts.push({ channelId: cur.id, phase: 'upstream', status });
       if (cfg.health.countUnreported && countsAsFailure(status)) void health.recordFailure(cur, this.currentKeyIndex, { status });
     }
-    if (match && this.pinFailed && cfg.affinity.clearOnFailure && this.pinnedId !== undefined) {
-      const pinned = this.pinnedId;
+    if (!match || !this.affinity) return;
+    const info = this.affinity;
+    const action = decidePin(
+      { success, hit: info.hit, used: info.used, cleared: info.cleared, pinFailed: this.pinFailed, servedPinned: cur.id === this.pinnedId },
+      cfg.affinity,
+    );
+    if (action === 'clear') {
+      const pinned = this.pinnedId as number;
       void guard.run('clearPin', () => cfg.store.clearPin(match.key, pinned), false);
-      if (this.affinity) this.affinity.cleared = true;
+      if (!success) info.cleared = true;
+    } else if (action !== 'none') {
+      const target = action === 'write-served' ? cur.id : this.firstChosen ?? cur.id;
+      void guard.run('setPin', () => cfg.store.setPin(match.key, target, match.rule.ttlMs), undefined);
     }
   }
 }
