@@ -8,7 +8,7 @@ runStoreContract('MemoryStore', async () => {
   return { store, peer: store, cleanup: () => store.shutdown() };
 });
 
-describe('MemoryStore: the sliding TTL moves in steps (one node-cache entry write per step, not per read)', () => {
+describe('MemoryStore: the sliding TTL moves in steps (one expiry write per step, not per read)', () => {
   test('a read refreshes the TTL once a step (1 s, or a tenth of a shorter TTL) has passed, not before', async () => {
     jest.useFakeTimers({ doNotFake: ['nextTick', 'queueMicrotask', 'setImmediate', 'clearImmediate', 'setInterval', 'clearInterval', 'setTimeout', 'clearTimeout'] });
     const store = new MemoryStore();

@@ -11,7 +11,7 @@ import {
 } from '../../lib/stores/redis';
 import type { StoreEvent } from '../../lib/stores/store';
 import {
-  CLEAR_COOLDOWN, CLEAR_PIN, GET_PIN, LOAD_HEALTH, RECORD_FAILURE, SET_OVERRIDE,
+  CLEAR_COOLDOWN, CLEAR_PIN, GET_PIN, LOAD_HEALTH, RECORD_FAILURE, SET_OVERRIDE, SET_PIN,
 } from '../../lib/stores/redis-scripts';
 import { ChannelStatus } from '../../lib/types';
 import { describeRedis, flushPrefix, sleep, waitFor } from '../helpers/redis';
@@ -91,6 +91,11 @@ describeRedis('RedisStore', (url) => {
         { client: a, timeoutMs: 0 },
         { client: a, timeoutMs: Number.NaN },
         { client: a, backoffMs: -1 },
+        { client: a, failuresBeforeBackoff: 0 },
+        { client: a, failuresBeforeBackoff: 1.5 },
+        { client: a, failuresBeforeBackoff: -1 },
+        { client: a, failuresBeforeBackoff: Number.NaN },
+        { client: a, failuresBeforeBackoff: '2' },
         { client: a, prefix: 5 },
         { client: a, subscriber: {} },
         { client: a, masters: [] },
@@ -111,6 +116,8 @@ describeRedis('RedisStore', (url) => {
       expect(s.prefix).toBe('ecd:');
       expect(s.timeoutMs).toBe(200);
       expect(s.backoffMs).toBe(1000);
+      expect(s.failuresBeforeBackoff).toBe(2);
+      expect(new RedisStore({ client: a, failuresBeforeBackoff: 1 }).failuresBeforeBackoff).toBe(1);
       expect(s.localKeys).toBe(false);
       expect(s.subscribe).toBeUndefined();
       const withSub = new RedisStore({ client: a, subscriber: subA, prefix: `${BASE}x:` });
@@ -141,7 +148,10 @@ describeRedis('RedisStore', (url) => {
       const pttl = Number(await a.sendCommand(['PTTL', prefix + k]));
       expect(pttl).toBeGreaterThan(4000);
       expect(pttl).toBeLessThanOrEqual(5000);
-      expect(await a.sendCommand(['GET', prefix + k])).toBe('12');
+      // `<channel id>:<write time>`: the write time orders late writes (never over a newer pin)
+      const t = Date.now();
+      expect(await a.sendCommand(['GET', prefix + k])).toMatch(/^12:\d{13}$/);
+      expect(Math.abs(Number(String(await a.sendCommand(['GET', prefix + k])).split(':')[1]) - t)).toBeLessThan(1000);
       expect(await s.getPin(k, 60_000)).toBe(12);
       expect(Number(await a.sendCommand(['PTTL', prefix + k]))).toBeGreaterThan(50_000);
       await s.recordFailure(3, { failures: 2, windowMs: 1000, durationMs: 1000 }, Date.now());
@@ -186,7 +196,7 @@ describeRedis('RedisStore', (url) => {
 
   describe('scripts and replies', () => {
     test('the SHAs computed locally are the ones Redis computes', async () => {
-      for (const sc of [GET_PIN, CLEAR_PIN, RECORD_FAILURE, CLEAR_COOLDOWN, SET_OVERRIDE, LOAD_HEALTH]) {
+      for (const sc of [GET_PIN, CLEAR_PIN, SET_PIN, RECORD_FAILURE, CLEAR_COOLDOWN, SET_OVERRIDE, LOAD_HEALTH]) {
         expect(await a.sendCommand(['SCRIPT', 'LOAD', sc.source])).toBe(sc.sha);
       }
     });
@@ -283,7 +293,7 @@ describeRedis('RedisStore', (url) => {
       const k = pinKey();
       // Concurrent calls in flight when Redis hangs each cost one timeout, not more.
       let t = Date.now();
-      const first = await Promise.allSettled([s.getPin(k), s.getPin(k, 1000), s.setPin(k, 1, 1000)]);
+      const first = await Promise.allSettled([s.getPin(k), s.getPin(k, 1000), s.setPin(k, 1, 10_000)]);
       const took = Date.now() - t;
       expect(took).toBeGreaterThanOrEqual(95);
       expect(took).toBeLessThan(250);
@@ -313,13 +323,15 @@ describeRedis('RedisStore', (url) => {
       const third = await Promise.allSettled([s.getPin(k), s.getPin(k)]);
       expect(third[0]).toEqual({ status: 'fulfilled', value: null });
       expect((third[1] as PromiseRejectedResult).reason.reason).toBe('backoff');
-      expect(await s.getPin(k)).toBeNull();
+      // The back-off has ended: the setPin that timed out in the first wave is retried once and lands.
+      await waitFor(async () => (await s.getPin(k)) === 1, 2000);
+      expect(s.pendingPinWrites).toBe(0);
       await s.setPin(k, 2, 1000);
       expect(await s.getPin(k)).toBe(2);
       await flushPrefix(send, `${BASE}timeout:`);
     });
 
-    test('a rejected call (connection error) also starts the back-off; backoffMs 0 disables it', async () => {
+    test('rejected calls (connection errors) also start the back-off; backoffMs 0 disables it', async () => {
       let fail = true;
       const s = new RedisStore({
         sendCommand: (args) => (fail ? Promise.reject(new Error('connection lost')) : a.sendCommand(args)),
@@ -327,14 +339,17 @@ describeRedis('RedisStore', (url) => {
         backoffMs: 200,
       });
       await expect(s.getPin(pinKey())).rejects.toThrow('connection lost');
+      expect(s.backingOff).toBe(false); // one failure: not yet (failuresBeforeBackoff 2)
+      await expect(s.getPin(pinKey())).rejects.toThrow('connection lost');
+      expect(s.backingOff).toBe(true);
       fail = false;
       await expect(s.getPin(pinKey())).rejects.toMatchObject({ reason: 'backoff' });
       await sleep(220);
       expect(await s.getPin(pinKey())).toBeNull();
 
       let n = 0;
-      const noBackoff = new RedisStore({ sendCommand: () => (++n === 1 ? Promise.reject(new Error('blip')) : a.sendCommand(['PING']).then(() => null)), backoffMs: 0 });
-      await expect(noBackoff.getPin(pinKey())).rejects.toThrow('blip');
+      const noBackoff = new RedisStore({ sendCommand: () => (++n <= 3 ? Promise.reject(new Error('blip')) : a.sendCommand(['PING']).then(() => null)), backoffMs: 0, failuresBeforeBackoff: 1 });
+      for (let i = 0; i < 3; i++) await expect(noBackoff.getPin(pinKey())).rejects.toThrow('blip');
       expect(await noBackoff.getPin(pinKey())).toBeNull();
     });
 

@@ -1,17 +1,55 @@
-// MemoryStore: the embedded default store on node-cache (no clones, TTLs in ms at the interface).
+// MemoryStore: the embedded default store. Pins live in a Map in write order (a write moves a
+// key to the end, so the oldest pin is first): lookups and writes are O(1), a full store evicts its
+// oldest pin, expiry is checked on read and swept in slices, and every walk over the pins (sweep,
+// countPins, clearPins) yields to the event loop every few ms. TTLs are in ms at the interface.
 import { ruleNameOfPinKey } from '../affinity/key';
 import { EventEmitter } from 'node:events';
-import NodeCache from 'node-cache';
+import { performance } from 'node:perf_hooks';
+import { DistributorError } from '../errors';
 import type { ChannelStatus } from '../types';
 import type { CooldownPolicy, HealthSnapshot, Store, StoreEvent } from './store';
 
 export interface MemoryStoreOptions {
   /** Key prefix (kept for symmetry with RedisStore and for validations). Default `'ecd:'`. */
   prefix?: string;
-  /** Most pins kept; further pins are refused (logged as store errors). Default 1,000,000. */
+  /**
+   * Most pins kept (an integer >= 1). When full, a new pin evicts the oldest written one, so a new
+   * session is always pinned and a pin can always move. Default 100,000.
+   */
   maxPins?: number;
-  /** Seconds between expired-pin sweeps. Default 60. */
+  /** Seconds between expired-pin sweeps (run in slices); 0 for none (expired pins then go when read). Default 60. */
   checkPeriodSeconds?: number;
+}
+
+/** A pin: the channel and when it expires (epoch ms; Infinity for a pin without a TTL). */
+interface Pin {
+  id: number;
+  exp: number;
+}
+
+/** Longest synchronous run of a walk over the pins before it yields (setImmediate). */
+const SLICE_MS = 4;
+/** Entries handled between two looks at the clock. */
+const CLOCK_EVERY = 256;
+
+const yieldToLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
+
+/** Calls `each` for every item of `items`, yielding to the event loop after every SLICE_MS of work. */
+async function inSlices<T>(items: Iterator<T>, each: (item: T) => void): Promise<void> {
+  for (;;) {
+    const until = performance.now() + SLICE_MS;
+    for (let n = 1; ; n++) {
+      const r = items.next();
+      if (r.done) return;
+      each(r.value);
+      if (n % CLOCK_EVERY === 0 && performance.now() >= until) break;
+    }
+    await yieldToLoop();
+  }
+}
+
+function invalid(message: string): DistributorError {
+  return new DistributorError('ERR_DIST_INVALID_STORE', `MemoryStore: ${message}`);
 }
 
 /**
@@ -21,7 +59,14 @@ export interface MemoryStoreOptions {
 export class MemoryStore implements Store {
   readonly localKeys = true;
   readonly prefix: string;
-  private pins: NodeCache;
+  /** Most pins kept; the oldest written is evicted to make room. */
+  readonly maxPins: number;
+  /** Pins in write order (oldest first). */
+  private pins = new Map<string, Pin>();
+  /** Walks `pins` from the oldest entry for eviction (a fresh keys() iterator re-skips every deleted slot). */
+  private oldest?: Iterator<string>;
+  private sweepTimer?: NodeJS.Timeout;
+  private sweeping?: Promise<number>;
   private failures = new Map<number, { count: number; since: number }>();
   private cooldowns = new Map<number, number>();
   private statuses = new Map<number, ChannelStatus>();
@@ -30,12 +75,15 @@ export class MemoryStore implements Store {
 
   constructor(options: MemoryStoreOptions = {}) {
     this.prefix = options.prefix ?? 'ecd:';
-    this.pins = new NodeCache({
-      stdTTL: 0,
-      checkperiod: options.checkPeriodSeconds ?? 60,
-      useClones: false,
-      maxKeys: options.maxPins ?? 1_000_000,
-    });
+    const maxPins = options.maxPins ?? 100_000;
+    if (typeof maxPins !== 'number' || !Number.isSafeInteger(maxPins) || maxPins < 1) throw invalid('maxPins must be an integer >= 1');
+    this.maxPins = maxPins;
+    const period = options.checkPeriodSeconds ?? 60;
+    if (typeof period !== 'number' || !Number.isFinite(period) || period < 0) throw invalid('checkPeriodSeconds must be a non-negative number');
+    if (period > 0) {
+      this.sweepTimer = setInterval(() => void this.sweep(), period * 1000);
+      this.sweepTimer.unref();
+    }
     this.events.setMaxListeners(0);
   }
 
@@ -45,26 +93,33 @@ export class MemoryStore implements Store {
 
   /**
    * @internal `getPin()` without the promise (the distributor's fast path for this store). The
-   * TTL slides in steps of at most 1 s (a tenth of the TTL when that is shorter): node-cache's
-   * `ttl()` allocates a new entry, and a hot session is read many times a second.
+   * TTL slides in steps of at most 1 s (a tenth of the TTL when that is shorter), not on every
+   * read of a hot session.
    */
   getPinNow(key: string, refreshTtlMs?: number): number | null {
-    const v = this.pins.get<number>(key);
-    if (v === undefined) return null;
-    if (refreshTtlMs && refreshTtlMs > 0) {
-      const expires = this.pins.getTtl(key);
-      if (!expires || Date.now() + refreshTtlMs - expires >= Math.min(1000, refreshTtlMs / 10)) this.pins.ttl(key, refreshTtlMs / 1000);
+    const pin = this.pins.get(key);
+    if (pin === undefined) return null;
+    const now = Date.now();
+    if (pin.exp < now) {
+      this.pins.delete(key);
+      return null;
     }
-    return v;
+    if (refreshTtlMs && refreshTtlMs > 0) {
+      if (pin.exp === Infinity || now + refreshTtlMs - pin.exp >= Math.min(1000, refreshTtlMs / 10)) pin.exp = now + refreshTtlMs;
+    }
+    return pin.id;
   }
 
   async setPin(key: string, channelId: number, ttlMs: number): Promise<void> {
-    this.pins.set(key, channelId, ttlMs / 1000);
+    const exp = ttlMs > 0 && Number.isFinite(ttlMs) ? Date.now() + ttlMs : Infinity;
+    // delete + set: a written pin moves to the end (the newest); the oldest stays first.
+    if (!this.pins.delete(key) && this.pins.size >= this.maxPins) this.evictOldest();
+    this.pins.set(key, { id: channelId, exp });
   }
 
   async clearPin(key: string, expectedChannelId: number): Promise<boolean> {
-    if (this.pins.get<number>(key) !== expectedChannelId) return false;
-    return this.pins.del(key) > 0;
+    if (this.getPinNow(key) !== expectedChannelId) return false;
+    return this.pins.delete(key);
   }
 
   async recordFailure(channelId: number, policy: CooldownPolicy, now: number): Promise<number | null> {
@@ -124,28 +179,86 @@ export class MemoryStore implements Store {
     return () => this.events.off('event', listener);
   }
 
+  /** Deletes live pins (all, or one rule's) in slices; pins written after a slice passed them stay. */
   async clearPins(rule?: string): Promise<number> {
-    const keys = rule === undefined ? this.pins.keys() : this.pins.keys().filter((k) => k.startsWith(`aff:${rule}:`));
-    return this.pins.del(keys);
+    const now = Date.now();
+    let deleted = 0;
+    if (rule === undefined) {
+      // Swap in an empty map at once; count what the old one held without blocking.
+      const old = this.pins;
+      this.pins = new Map();
+      this.oldest = undefined;
+      await inSlices(old.values(), (pin) => {
+        if (pin.exp >= now) deleted++;
+      });
+      return deleted;
+    }
+    const pins = this.pins;
+    const prefix = `aff:${rule}:`;
+    await inSlices(pins.entries(), ([k, pin]) => {
+      if (!k.startsWith(prefix)) return;
+      if (pin.exp >= now) deleted++;
+      pins.delete(k);
+    });
+    return deleted;
   }
 
+  /** Live pins per rule name, counted in slices (expired pins met on the way are removed). */
   async countPins(): Promise<Record<string, number>> {
+    const now = Date.now();
+    const pins = this.pins;
     const out: Record<string, number> = {};
-    for (const k of this.pins.keys()) {
+    await inSlices(pins.entries(), ([k, pin]) => {
+      if (pin.exp < now) {
+        pins.delete(k);
+        return;
+      }
       const name = ruleNameOfPinKey(k);
       out[name] = (out[name] ?? 0) + 1;
-    }
+    });
     return out;
   }
 
-  /** Number of live pins (for tests and metrics). */
+  /**
+   * Removes expired pins, in slices; resolves to how many. The periodic sweep (every
+   * `checkPeriodSeconds`) calls it; a call while a sweep runs joins that sweep.
+   */
+  sweep(): Promise<number> {
+    if (this.sweeping) return this.sweeping;
+    const now = Date.now();
+    const pins = this.pins;
+    let removed = 0;
+    const run = inSlices(pins.entries(), ([k, pin]) => {
+      if (pin.exp < now) {
+        pins.delete(k);
+        removed++;
+      }
+    }).then(() => removed);
+    const done = (this.sweeping = run.finally(() => {
+      if (this.sweeping === done) this.sweeping = undefined;
+    }));
+    return done;
+  }
+
+  /** Number of pins held (expired ones count until a sweep or a read removes them). */
   get pinCount(): number {
-    return this.pins.keys().length;
+    return this.pins.size;
   }
 
   shutdown(): void {
-    this.pins.close();
+    if (this.sweepTimer) clearInterval(this.sweepTimer);
+    this.sweepTimer = undefined;
     this.events.removeAllListeners();
+  }
+
+  /** Makes room for one pin: deletes the oldest written. */
+  private evictOldest(): void {
+    let next = this.oldest?.next();
+    if (!next || next.done) {
+      this.oldest = this.pins.keys();
+      next = this.oldest.next();
+    }
+    if (!next.done) this.pins.delete(next.value);
   }
 
   private emit(e: StoreEvent): void {

@@ -2,6 +2,7 @@
 // numbers (RESP2 or RESP3), ioredis strings/numbers, either may answer Buffers when configured so.
 // The store only issues commands and scripts whose replies are nil, integers, bulk strings or
 // arrays (never maps), so anything else is a TypeError the caller treats as a store error.
+import { constants } from 'node:os';
 
 /** A reply as text; null for nil. */
 export function replyText(reply: unknown): string | null {
@@ -24,6 +25,20 @@ export function replyInt(reply: unknown): number | null {
   if (!/^-?\d+$/.test(text)) throw new TypeError('unexpected Redis reply (expected an integer string)');
   const n = Number(text);
   if (!Number.isSafeInteger(n)) throw new TypeError('unexpected Redis reply (integer out of range)');
+  return n;
+}
+
+/**
+ * A pin value as its channel id; null for nil. Pins are written as `<channelId>:<writeTimeMs>`;
+ * a bare integer is a pin written by version 0.1 (no write time) and still reads.
+ */
+export function replyPin(reply: unknown): number | null {
+  const text = replyText(reply);
+  if (text === null) return null;
+  const m = /^(-?\d+)(?::\d+)?$/.exec(text);
+  if (!m) throw new TypeError('unexpected Redis reply (expected a pin: "<channel id>:<write time>" or an integer)');
+  const n = Number(m[1]);
+  if (!Number.isSafeInteger(n)) throw new TypeError('unexpected Redis reply (pin channel id out of range)');
   return n;
 }
 
@@ -72,6 +87,33 @@ export function errorMessage(e: unknown): string {
 /** Does the error say the script is not in the server's script cache? */
 export function isNoScript(e: unknown): boolean {
   return errorMessage(e).startsWith('NOSCRIPT');
+}
+
+/** Node's errno names (ECONNREFUSED, EPIPE...): a message starting with one is a transport failure. */
+const ERRNO_NAMES = new Set([...Object.keys(constants.errno), 'ENOTFOUND', 'EAI_AGAIN', 'EAI_FAIL', 'EAI_NONAME']);
+
+/**
+ * Is this an error the Redis server answered (an error reply: OOM, READONLY, NOSCRIPT, WRONGTYPE,
+ * ERR, BUSY, LOADING...), as opposed to a transport failure (connection refused or closed, client
+ * closed, socket timeout)? node-redis throws `ErrorReply` (and its `SimpleError`/`BlobError`
+ * subclasses), ioredis `ReplyError`; a raw `sendCommand` may reject with any Error whose message
+ * starts with the server's uppercase error prefix, or with the reply text itself. Nothing is
+ * imported from a client: the classes are recognised by name along the prototype chain.
+ */
+export function isErrorReply(e: unknown): boolean {
+  if (e === null || e === undefined) return false;
+  if (typeof e === 'object') {
+    const o = e as { name?: unknown; code?: unknown; errno?: unknown; syscall?: unknown };
+    // A system error (ECONNREFUSED, ECONNRESET...) carries errno/syscall: never a reply.
+    if (typeof o.syscall === 'string' || typeof o.errno === 'number') return false;
+    if (o.name === 'ReplyError' || o.name === 'ErrorReply') return true;
+    for (let p = Object.getPrototypeOf(e) as object | null; p && p !== Error.prototype && p !== Object.prototype; p = Object.getPrototypeOf(p) as object | null) {
+      const name = (p as { constructor?: { name?: unknown } }).constructor?.name;
+      if (name === 'ErrorReply' || name === 'ReplyError') return true;
+    }
+  }
+  const prefix = /^([A-Z][A-Z_]+)(?:\s|$)/.exec(errorMessage(e))?.[1];
+  return prefix !== undefined && !ERRNO_NAMES.has(prefix);
 }
 
 function describe(v: unknown): string {

@@ -17,19 +17,47 @@ function script(name: string, source: string): LuaScript {
   return { name, source: normalized, sha: createHash('sha1').update(normalized).digest('hex') };
 }
 
-/** KEYS[1] pin; ARGV[1] ttl ms. The pin value, refreshing its TTL when it exists. */
+// Pin values are `<channelId>:<writeTimeMs>` (the write time is taken when setPin was called, so
+// a write that reaches Redis late carries its original time); version 0.1 wrote a bare
+// `<channelId>`, which reads as a pin with no write time (older than any timed pin).
+
+/** KEYS[1] pin; ARGV[1] ttl ms. The raw pin value (parsed by the client), refreshing its TTL when it exists. */
 export const GET_PIN = script('getPin', `
   local v = redis.call('GET', KEYS[1])
   if v then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
   return v
 `);
 
-/** KEYS[1] pin; ARGV[1] expected value. Deletes only if the pin still holds it; 1 if deleted. */
+/**
+ * KEYS[1] pin; ARGV[1] expected channel id. Deletes only if the pin still points to that channel
+ * (`<id>:<time>`, or a 0.1 bare `<id>`); 1 if deleted.
+ */
 export const CLEAR_PIN = script('clearPin', `
-  if redis.call('GET', KEYS[1]) == ARGV[1] then
+  local v = redis.call('GET', KEYS[1])
+  if v and (v == ARGV[1] or string.sub(v, 1, string.len(ARGV[1]) + 1) == ARGV[1] .. ':') then
     return redis.call('DEL', KEYS[1])
   end
   return 0
+`);
+
+/**
+ * KEYS[1] pin; ARGV[1] channel id, ARGV[2] write time (epoch ms), ARGV[3] TTL ms ('' for none).
+ * Compare-and-set by write time: writes `<id>:<time>` unless the stored pin was written later
+ * (a late or retried write never replaces a newer pin; equal times write, so the last of two
+ * writes in one millisecond wins). A 0.1 pin (no time) is older than any timed write. 1 if written.
+ */
+export const SET_PIN = script('setPin', `
+  local v = redis.call('GET', KEYS[1])
+  if v then
+    local t = string.match(v, ':(%d+)$')
+    if t and tonumber(t) > tonumber(ARGV[2]) then return 0 end
+  end
+  if ARGV[3] == '' then
+    redis.call('SET', KEYS[1], ARGV[1] .. ':' .. ARGV[2])
+  else
+    redis.call('SET', KEYS[1], ARGV[1] .. ':' .. ARGV[2], 'PX', ARGV[3])
+  end
+  return 1
 `);
 
 /**

@@ -1,15 +1,17 @@
 // RedisStore: pins and channel health shared by every instance on one Redis (or Redis Cluster).
 // Raw commands through a user-supplied sender (no runtime Redis import), Lua for every
 // read-then-write (EVALSHA, EVAL on NOSCRIPT), a timeout on every call and a short back-off
-// after a failure.
+// after consecutive transport failures (an error reply such as OOM or READONLY fails one call and
+// never starts it). Pin writes carry their write time, so a late write never replaces a newer pin,
+// and a pin write skipped by the back-off or timed out is retried once when Redis answers again.
 import { ruleNameOfPinKey } from '../affinity/key';
 import { DistributorError } from '../errors';
 import { ChannelStatus } from '../types';
 import {
-  errorMessage, isNoScript, replyArray, replyInt, replyPairs, replyScan, replyText,
+  errorMessage, isErrorReply, isNoScript, replyArray, replyInt, replyPairs, replyPin, replyScan, replyText,
 } from './redis-reply';
 import {
-  CLEAR_COOLDOWN, CLEAR_PIN, GET_PIN, LOAD_HEALTH, RECORD_FAILURE, SET_OVERRIDE, type LuaScript,
+  CLEAR_COOLDOWN, CLEAR_PIN, GET_PIN, LOAD_HEALTH, RECORD_FAILURE, SET_OVERRIDE, SET_PIN, type LuaScript,
 } from './redis-scripts';
 import type { CooldownPolicy, HealthSnapshot, Store, StoreEvent } from './store';
 
@@ -55,8 +57,18 @@ interface RedisStoreCommonOptions {
   prefix?: string;
   /** Longest wait for any one store operation, in ms. Default 200. */
   timeoutMs?: number;
-  /** After an error or timeout, calls fail fast for this many ms before Redis is tried again. Default 1000. */
+  /**
+   * After `failuresBeforeBackoff` consecutive transport failures or timeouts, calls fail fast for
+   * this many ms before Redis is tried again (0: never). Error replies (OOM, READONLY...) never
+   * start it. Default 1000.
+   */
   backoffMs?: number;
+  /**
+   * Consecutive transport failures or timeouts (connection refused or closed, no answer within
+   * `timeoutMs`) that start the back-off; any answer from Redis, an error reply included, resets
+   * the count. An integer >= 1. Default 2.
+   */
+  failuresBeforeBackoff?: number;
   /**
    * Pushes health changes between instances (otherwise they arrive by polling only, within the
    * distributor's `syncIntervalMs`). A separate connected node-redis client or cluster used only
@@ -90,10 +102,31 @@ export class RedisStoreUnavailableError extends Error {
 
 type Sender = (command: string[], key: string | undefined, isReadOnly: boolean) => Promise<unknown>;
 
+/** A pin write, kept for one retry when it was skipped by the back-off or timed out. */
+interface PinWrite {
+  /** The full Redis key (prefix included). */
+  key: string;
+  channelId: number;
+  /** Epoch ms when `setPin` was called: the pin's write time, also on a retry. */
+  at: number;
+  ttlMs: number;
+}
+
+/** Most pin writes kept for a retry; beyond it the oldest are dropped. */
+export const MAX_PENDING_PIN_WRITES = 10_000;
+/** Retried pin writes in flight at once when Redis answers again. */
+const RETRY_CONCURRENCY = 32;
+
 const STATUSES = new Set<number>([ChannelStatus.Enabled, ChannelStatus.ManuallyDisabled, ChannelStatus.AutoDisabled]);
 
 function invalid(message: string): DistributorError {
   return new DistributorError('ERR_DIST_INVALID_STORE', `RedisStore: ${message}`);
+}
+
+function positiveInteger(name: string, v: unknown, def: number): number {
+  if (v === undefined) return def;
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 1) throw invalid(`${name} must be an integer >= 1`);
+  return v;
 }
 
 function positiveNumber(name: string, v: unknown, def: number, allowZero = false): number {
@@ -102,6 +135,12 @@ function positiveNumber(name: string, v: unknown, def: number, allowZero = false
     throw invalid(`${name} must be a ${allowZero ? 'non-negative' : 'positive'} number of milliseconds`);
   }
   return v;
+}
+
+/** Ms left of a pin write's TTL (Infinity for a pin without one). */
+function ttlLeft(w: PinWrite): number {
+  if (!(w.ttlMs > 0 && Number.isFinite(w.ttlMs))) return Infinity;
+  return Math.ceil(w.ttlMs - Math.max(0, Date.now() - w.at));
 }
 
 /** Escapes Redis glob characters so a prefix or rule name matches literally in SCAN MATCH. */
@@ -127,6 +166,7 @@ export class RedisStore implements Store {
   readonly prefix: string;
   readonly timeoutMs: number;
   readonly backoffMs: number;
+  readonly failuresBeforeBackoff: number;
   /** Present only when a `subscriber` was given; the distributor then also keeps polling. */
   readonly subscribe?: (listener: (event: StoreEvent) => void) => () => void;
 
@@ -138,6 +178,14 @@ export class RedisStore implements Store {
   /** Epoch ms until which calls fail fast; 0 while Redis is healthy. */
   private openUntil = 0;
   private probing = false;
+  /** Consecutive transport failures and timeouts (reset by any answer from Redis). */
+  private failures = 0;
+  /** Pin writes owed one retry, by Redis key, oldest first (only the latest write per key). */
+  private pending = new Map<string, PinWrite>();
+  /** Walks `pending` from its oldest entry (a fresh keys() iterator re-skips every deleted slot). */
+  private pendingOldest?: Iterator<string>;
+  private retrying = false;
+  private retryScheduled = false;
   private listeners = new Set<(event: StoreEvent) => void>();
   private stopSubscription?: () => unknown;
 
@@ -152,6 +200,7 @@ export class RedisStore implements Store {
     this.prefix = prefix;
     this.timeoutMs = positiveNumber('timeoutMs', options.timeoutMs, 200);
     this.backoffMs = positiveNumber('backoffMs', options.backoffMs, 1000, true);
+    this.failuresBeforeBackoff = positiveInteger('failuresBeforeBackoff', options.failuresBeforeBackoff, 2);
     this.onError = options.onError;
 
     const { client, sendCommand, sendCommandCluster, masters } = options;
@@ -185,6 +234,16 @@ export class RedisStore implements Store {
     }
   }
 
+  /** True while calls fail fast (the back-off window after consecutive transport failures). */
+  get backingOff(): boolean {
+    return this.openUntil !== 0 && Date.now() < this.openUntil;
+  }
+
+  /** Pin writes waiting for their one retry (skipped by the back-off or timed out). */
+  get pendingPinWrites(): number {
+    return this.pending.size;
+  }
+
   // ---- pins (each touches one key) ------------------------------------------------------------
 
   async getPin(key: string, refreshTtlMs?: number): Promise<number | null> {
@@ -193,18 +252,31 @@ export class RedisStore implements Store {
       refreshTtlMs !== undefined && refreshTtlMs > 0 && Number.isFinite(refreshTtlMs)
         ? this.evalScript(GET_PIN, [k], [String(Math.ceil(refreshTtlMs))])
         : this.send(['GET', k], k, true));
-    return replyInt(reply);
+    return replyPin(reply);
   }
 
+  /**
+   * Writes `<channelId>:<now>` unless the key holds a pin written later. Skipped by the back-off,
+   * timed out or lost with the connection, the write is kept (latest per key) and retried once
+   * when Redis answers again; it still rejects, so the caller sees the failure. An error reply
+   * (OOM, READONLY...) is not retried.
+   */
   async setPin(key: string, channelId: number, ttlMs: number): Promise<void> {
-    const k = this.prefix + key;
-    const cmd = ['SET', k, String(channelId)];
-    if (ttlMs > 0 && Number.isFinite(ttlMs)) cmd.push('PX', String(Math.ceil(ttlMs)));
-    await this.guarded('setPin', () => this.send(cmd, k, false));
+    const write: PinWrite = { key: this.prefix + key, channelId, at: Date.now(), ttlMs };
+    try {
+      await this.guarded('setPin', () => this.writePin(write));
+    } catch (e) {
+      if (!isErrorReply(e)) this.defer(write);
+      throw e;
+    }
+    const owed = this.pending.get(write.key);
+    if (owed && owed.at <= write.at) this.pending.delete(write.key);
   }
 
   async clearPin(key: string, expectedChannelId: number): Promise<boolean> {
     const k = this.prefix + key;
+    // A retry owed to the channel being cleared would bring the stale pin back.
+    if (this.pending.get(k)?.channelId === expectedChannelId) this.pending.delete(k);
     const reply = await this.guarded('clearPin', () => this.evalScript(CLEAR_PIN, [k], [String(expectedChannelId)]));
     return replyInt(reply) === 1;
   }
@@ -298,6 +370,8 @@ export class RedisStore implements Store {
 
   /** Ends the subscription this store started; never closes a client you passed in. */
   shutdown(): void {
+    this.pending.clear();
+    this.pendingOldest = undefined;
     this.listeners.clear();
     this.unsubscribeChannel();
   }
@@ -305,9 +379,12 @@ export class RedisStore implements Store {
   // ---- internals ------------------------------------------------------------------------------
 
   /**
-   * Runs one store operation under the timeout, failing fast during the back-off window. After
-   * the window one call (the probe) goes to Redis while the others still fail fast; its success
-   * ends the back-off, its failure starts a new window. So an outage costs one timeout per window.
+   * Runs one store operation under the timeout, failing fast during the back-off window. The
+   * window starts after `failuresBeforeBackoff` consecutive transport failures or timeouts; an
+   * error reply is an answer (Redis is reachable): it fails that call only and resets the count.
+   * After the window one call (the probe) goes to Redis while the others still fail fast; an
+   * answer ends the back-off, a failure starts a new window. So an outage costs one timeout per
+   * window, and a busy machine's one slow call costs that call only.
    */
   private async guarded<T>(operation: string, call: () => Promise<T>): Promise<T> {
     let probe = false;
@@ -319,14 +396,86 @@ export class RedisStore implements Store {
     }
     try {
       const value = await this.withTimeout(operation, call);
-      if (probe) this.openUntil = 0;
+      this.answered(probe);
       return value;
     } catch (e) {
-      if (this.backoffMs > 0) this.openUntil = Date.now() + this.backoffMs;
+      if (isErrorReply(e)) this.answered(probe);
+      else this.unreachable(probe);
       throw e;
     } finally {
       if (probe) this.probing = false;
     }
+  }
+
+  /** Redis answered (a reply or an error reply): the failure count restarts, a probe ends the back-off. */
+  private answered(probe: boolean): void {
+    this.failures = 0;
+    if (probe) this.openUntil = 0;
+    if (this.pending.size !== 0 && this.openUntil === 0 && !this.retrying && !this.retryScheduled) {
+      this.retryScheduled = true;
+      setImmediate(() => {
+        this.retryScheduled = false;
+        this.retryPending();
+      });
+    }
+  }
+
+  /** A transport failure or timeout: the back-off starts at `failuresBeforeBackoff` in a row. */
+  private unreachable(probe: boolean): void {
+    this.failures++;
+    if (this.backoffMs > 0 && this.failures >= this.failuresBeforeBackoff) this.openUntil = Date.now() + this.backoffMs;
+    else if (probe) this.openUntil = 0;
+  }
+
+  /** The pin write (compare-and-set by write time), with what is left of its TTL. */
+  private writePin(w: PinWrite): Promise<unknown> {
+    const left = ttlLeft(w);
+    return this.evalScript(SET_PIN, [w.key], [String(w.channelId), String(w.at), left === Infinity ? '' : String(Math.max(1, left))]);
+  }
+
+  /** Keeps a write for its one retry: the latest per key, at most MAX_PENDING_PIN_WRITES (oldest dropped). */
+  private defer(w: PinWrite): void {
+    const owed = this.pending.get(w.key);
+    if (owed && owed.at > w.at) return;
+    if (owed) this.pending.delete(w.key);
+    this.pending.set(w.key, w);
+    while (this.pending.size > MAX_PENDING_PIN_WRITES) {
+      let next = this.pendingOldest?.next();
+      if (!next || next.done) {
+        this.pendingOldest = this.pending.keys();
+        next = this.pendingOldest.next();
+      }
+      if (next.done) break;
+      this.pending.delete(next.value);
+    }
+  }
+
+  /**
+   * Sends every owed pin write once (a few at a time). A write the back-off skips again was never
+   * sent and stays owed; one that fails or times out again is dropped. Each is a compare-and-set
+   * by its original write time, so it never replaces a pin written since.
+   */
+  private retryPending(): void {
+    if (this.retrying || this.pending.size === 0 || this.openUntil !== 0) return;
+    this.retrying = true;
+    const batch = [...this.pending.values()];
+    this.pending = new Map();
+    this.pendingOldest = undefined;
+    let next = 0;
+    const lane = async (): Promise<void> => {
+      while (next < batch.length) {
+        const w = batch[next++];
+        if (ttlLeft(w) <= 0) continue; // it expired while it waited: nothing to write
+        try {
+          await this.guarded('setPin', () => this.writePin(w));
+        } catch (e) {
+          if (e instanceof RedisStoreUnavailableError && e.reason === 'backoff') this.defer(w);
+        }
+      }
+    };
+    void Promise.all(Array.from({ length: Math.min(RETRY_CONCURRENCY, batch.length) }, lane)).finally(() => {
+      this.retrying = false;
+    });
   }
 
   private withTimeout<T>(operation: string, call: () => Promise<T>): Promise<T> {
