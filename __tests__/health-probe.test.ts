@@ -34,6 +34,8 @@ test('a 401 auto-disables; the probe re-enables it once its check passes; status
   }, {
     handler: (_req, res) => {
       const id = res.locals.channel!.id;
+      // the relay reports the upstream's 401 (a status seen only at finish never feeds health)
+      if (id === 1 && !healthy) void res.locals.distribution!.fail({ status: 401 });
       res.status(id === 1 && !healthy ? 401 : 200).json({ id });
     },
   });
@@ -64,7 +66,10 @@ test('the re-enable is shared: another distributor on the same store sees status
   let healthy = false;
   const a = createApp({ channels: [{ id: 1, models: 'm' }, { id: 2, models: 'm', priority: -1 }], store, retry: { times: 0 },
     health: { autoDisable: {}, probe: { intervalMs: 30, check: () => healthy } } }, {
-    handler: (_req, res) => res.status(res.locals.channel!.id === 1 ? 401 : 200).json({}),
+    handler: (_req, res) => {
+      if (res.locals.channel!.id === 1) void res.locals.distribution!.fail({ status: 401 });
+      res.status(res.locals.channel!.id === 1 ? 401 : 200).json({});
+    },
   });
   const b = createApp({ channels: [{ id: 1, models: 'm' }, { id: 2, models: 'm', priority: -1 }], store });
   stops.push(() => a.mw.shutdown(), () => b.mw.shutdown());
