@@ -14,7 +14,7 @@ import { EventEmitter } from 'node:events';
 import type { Readable } from 'node:stream';
 import { Agent, type Dispatcher } from 'undici';
 import { bodyKind, parsedFromRaw } from '../request/body';
-import { callerCredentials, redact } from '../security/redact';
+import { redact, requestSecrets } from '../security/redact';
 import type { Channel, Distribution } from '../types';
 import { compileForwardHeaders, forwardRequestHeaders, forwardResponseHeaders, parseRetryAfter, withoutKey, type HeaderAllowlist, type RelayHeaders } from './headers';
 import { refusedTarget, unsafePath, upstreamBase, upstreamPath, withoutKeyParam, type UpstreamBase } from './target';
@@ -285,15 +285,6 @@ function clientErrorBody(f: Failure, status: number): string {
   return relayErrorBody(f.message, `upstream_${status}`);
 }
 
-/**
- * The request's raw affinity value(s), which an upstream may echo in an error body: kept out of
- * `onUpstreamError` messages and `retry()` reasons like the caller's credentials.
- */
-function affinityValues(d: Distribution | undefined): string[] {
-  const run = d as { match?: { rawValue?: unknown }; secrets?: unknown[] } | undefined;
-  return [run?.match?.rawValue, ...(run?.secrets ?? [])].filter((v): v is string => typeof v === 'string' && v.length >= 4);
-}
-
 /** Reads at most `limit` bytes of an error body; the rest is discarded with the connection. */
 function readBounded(body: Readable, limit: number): Promise<string> {
   return new Promise((resolve) => {
@@ -460,15 +451,6 @@ function targetPath(req: Request, o: Resolved, base: UpstreamBase, channel: Chan
 }
 
 /** Values of the caller's `key` query parameter (a Gemini-style credential), for redaction. */
-function queryKeys(req: Request): string[] {
-  const url = req.originalUrl ?? req.url ?? '';
-  const q = url.indexOf('?');
-  if (q === -1) return [];
-  const out: string[] = [];
-  for (const [k, v] of new URLSearchParams(url.slice(q + 1))) if (k.toLowerCase() === 'key' && v) out.push(v);
-  return out;
-}
-
 /** One upstream attempt. Null when the client got its answer (or has gone); a Failure otherwise. */
 async function attemptOnce(req: Request, res: Response, o: Resolved, st: RunState, channel: Channel, baseHeaders: RelayHeaders, out: OutBody, attempt: number): Promise<Failure | null> {
   const base = upstreamBase(channel);
@@ -504,7 +486,8 @@ async function attemptOnce(req: Request, res: Response, o: Resolved, st: RunStat
     return null;
   }
   if (up.statusCode >= 400) {
-    st.secrets ??= [...callerCredentials(req.headers), ...queryKeys(req), ...affinityValues(res.locals.distribution)];
+    // the caller's credentials (headers, `?key=`) and affinity values, which an upstream may echo
+    st.secrets ??= requestSecrets(res.locals.distribution);
     const keys = channel.key ? [channel.key, encodeURIComponent(channel.key)] : [];
     const text = redact(await readBounded(up.body, o.errorBodyLimit), keys, st.secrets);
     const ra = up.headers['retry-after'];

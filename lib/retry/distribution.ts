@@ -255,7 +255,7 @@ export class RequestRun implements Distribution {
 
   /** @internal The caller's values to keep out of any text (credentials, affinity values). */
   [REQUEST_SECRETS](): string[] {
-    const out = callerCredentials(this.req.headers);
+    const out = callerCredentials(this.req.headers, this.req.originalUrl ?? this.req.url);
     if (this.match) out.push(this.match.rawValue);
     if (this.secrets) out.push(...this.secrets);
     return out;

@@ -61,8 +61,11 @@ export function redact(text: string, channelKeys: ReadonlyArray<string | undefin
   return redactText(out);
 }
 
-/** The caller's credential values (full header values and bare tokens), for redaction. */
-export function callerCredentials(headers: IncomingHttpHeaders): string[] {
+/**
+ * The caller's credential values, for redaction: full header values and bare tokens, and the
+ * Gemini-style `key` query parameter (any case) of `url` when given.
+ */
+export function callerCredentials(headers: IncomingHttpHeaders, url?: string): string[] {
   const out: string[] = [];
   for (const h of CREDENTIAL_HEADERS) {
     const v = headers[h];
@@ -71,6 +74,10 @@ export function callerCredentials(headers: IncomingHttpHeaders): string[] {
       const bare = s.replace(/^(bearer|basic)\s+/i, '');
       if (bare !== s) out.push(bare);
     }
+  }
+  const q = url === undefined ? -1 : url.indexOf('?');
+  if (q !== -1) {
+    for (const [k, v] of new URLSearchParams((url as string).slice(q + 1))) if (v && k.toLowerCase() === 'key') out.push(v);
   }
   return out;
 }
