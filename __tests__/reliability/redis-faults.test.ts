@@ -277,4 +277,51 @@ describeOwnRedis('Redis faults under traffic through the gateway', () => {
       storeCallsFailedFast: storeErrors.filter((e) => e.reason === 'backoff').length,
     };
   }, 30_000);
+
+  test('Redis out of memory (writes fail, reads work) while new sessions keep arriving: pinned sessions keep their pins, no back-off', async () => {
+    const redis = await startRedisServer();
+    toClose.push(() => redis.kill());
+    const client = await connect(redis.url);
+    const logger = memoryLogger();
+    const { g, store, storeErrors } = await gatewayOn(client, 'rel-oom:', logger, { timeoutMs: TIMEOUT, backoffMs: BACKOFF });
+    const sessions = Array.from({ length: 20 }, (_, i) => `oom-${i}`);
+    const warm: Sample[] = [];
+    for (const s of sessions) await ask(g, s, warm);
+    await sleep(30);
+    const pinnedTo = new Map(warm.map((s) => [s.session, s.channel]));
+
+    // A real OOM: every write the server would have to allocate for is refused (an error reply).
+    await client.sendCommand(['CONFIG', 'SET', 'maxmemory-policy', 'noeviction']);
+    await client.sendCommand(['CONFIG', 'SET', 'maxmemory', '1']);
+    const pinned: Sample[] = [];
+    const fresh: Sample[] = [];
+    let n = 0;
+    const t0 = Date.now();
+    try {
+      await Promise.all([
+        load(g, 6, sessions, () => Date.now() - t0 > 1500, pinned),
+        // 2 lanes of sessions never seen before: each one's pin write fails with OOM
+        ...[0, 1].map(async () => {
+          while (Date.now() - t0 <= 1500) await ask(g, `oom-new-${n++}`, fresh);
+        }),
+      ]);
+    } finally {
+      await client.sendCommand(['CONFIG', 'SET', 'maxmemory', '0']);
+    }
+    const oomWrites = storeErrors.filter((e) => e.operation === 'setPin' && e.reason === 'error').length;
+    const sticky = pinned.filter((s) => s.channel === pinnedTo.get(s.session)).length;
+    figures.outOfMemory = {
+      pinnedRequests: pinned.length, usedTheirPin: sticky, newSessions: fresh.length, failedPinWrites: oomWrites,
+      failedFast: storeErrors.filter((e) => e.reason === 'backoff').length,
+    };
+    expect(pinned.length).toBeGreaterThan(50);
+    expect(fresh.length).toBeGreaterThan(10);
+    expect([...pinned, ...fresh].filter((s) => s.status !== 200)).toEqual([]);
+    expect(sticky / pinned.length).toBeGreaterThanOrEqual(0.99); // 0.1: a pinned session kept its channel by chance only
+    expect(oomWrites).toBeGreaterThan(10); // the new sessions' pin writes did fail...
+    // ...and those failures never took Redis out of the request path: no call failed fast or timed out
+    expect(storeErrors.filter((e) => e.reason !== 'error')).toEqual([]);
+    expect(store.backingOff).toBe(false);
+    expect(leakedSecrets(logger.text())).toEqual([]);
+  }, 30_000);
 });
