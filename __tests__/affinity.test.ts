@@ -513,7 +513,7 @@ describe('keys: hashed, caller-scoped', () => {
       expect(k).not.toContain(raw);
       expect(k).not.toContain('4242');
     }
-    const inner = (e.store.inner as unknown as { pins: { keys(): string[] } }).pins.keys();
+    const inner = [...(e.store.inner as unknown as { pins: Map<string, unknown> }).pins.keys()];
     expect(inner.length).toBe(2);
     for (const k of inner) expect(k).not.toContain(raw);
     expect(await e.store.inner.countPins()).toEqual({ 'codex cli trace': 2 });

@@ -56,7 +56,7 @@ async function pinValues(client: Client, prefix: string): Promise<string[]> {
   do {
     const [next, keys] = (await client.sendCommand(['SCAN', cursor, 'MATCH', `${prefix}aff:*`, 'COUNT', '1000'])) as [string, string[]];
     cursor = next;
-    for (const k of keys) out.push(String(await client.sendCommand(['GET', k])));
+    for (const k of keys) out.push(String(await client.sendCommand(['GET', k])).split(':')[0]);
   } while (cursor !== '0');
   return out.sort();
 }
@@ -145,8 +145,8 @@ describeRedis('several distributor instances on one Redis', (url) => {
     ], { health: { cooldown: { failures: 2, windowMs: 60_000, durationMs: 30_000 }, autoDisable: {} }, affinity: { enabled: false } });
 
     // Two failures through A cool channel 3 down: B hears it pushed, C by polling.
-    await request(A.app).post('/v1/chat/completions').set('x-echo-status', '500').send({ model: 'gpt-h' }).expect(500);
-    await request(A.app).post('/v1/chat/completions').set('x-echo-status', '500').send({ model: 'gpt-h' }).expect(500);
+    await request(A.app).post('/v1/chat/completions').set('x-echo-status', '500').set('x-echo-report', '1').send({ model: 'gpt-h' }).expect(500);
+    await request(A.app).post('/v1/chat/completions').set('x-echo-status', '500').set('x-echo-report', '1').send({ model: 'gpt-h' }).expect(500);
     await waitFor(() => A.mw.isCoolingDown(3), 2000);
     const t0 = Date.now();
     const [tB, tC] = await Promise.all([
@@ -160,7 +160,7 @@ describeRedis('several distributor instances on one Redis', (url) => {
     expect(cooled.body.error.code).toBe('model_not_found');
 
     // A 401 through A auto-disables channel 4: status 3 in every registry.
-    await request(A.app).post('/v1/chat/completions').set('x-echo-status', '401').send({ model: 'gpt-d' }).expect(401);
+    await request(A.app).post('/v1/chat/completions').set('x-echo-status', '401').set('x-echo-report', '1').send({ model: 'gpt-d' }).expect(401);
     expect(A.mw.registry.get(4)?.status).toBe(ChannelStatus.AutoDisabled);
     await waitFor(() => B.mw.registry.get(4)?.status === ChannelStatus.AutoDisabled, BOUND_MS + SLACK_MS);
     await waitFor(() => C.mw.registry.get(4)?.status === ChannelStatus.AutoDisabled, BOUND_MS + SLACK_MS);

@@ -55,7 +55,7 @@ describeRedis('Redis round trips before next()', (url) => {
       expect(atNext.pop()).toBe(1);
       await new Promise((r) => setTimeout(r, 50));
       expect(sent.length).toBe(2); // the lookup, then the pin written after the response finished
-      expect(sent[1][0]).toBe('SET');
+      expect(sent[1][0]).toBe('EVALSHA');
 
       sent = [];
       const hit = await request(app).post('/v1/responses').send({ model: 'gpt-5', prompt_cache_key: session }).expect(200);

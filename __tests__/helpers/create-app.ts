@@ -27,7 +27,8 @@ export function memoryLogger(): Logger & { lines: Array<{ level: string; message
 
 /**
  * Builds `auth (x-test-context header -> res.locals.token) -> distributor -> echo route`.
- * The echo answers `{ channel, distribution }`; `x-echo-status` makes it answer that status.
+ * The echo answers `{ channel, distribution }`; `x-echo-status` makes it answer that status, and
+ * `x-echo-report` reports that status as the upstream's failure first (`distribution.fail()`).
  */
 export function createApp(options: Partial<DistributorOptions> & Pick<DistributorOptions, 'channels'>, extra?: {
   before?: (app: Express) => void;
@@ -43,9 +44,11 @@ export function createApp(options: Partial<DistributorOptions> & Pick<Distributo
   });
   const mw = distributor({ logger: memoryLogger(), ...options } as DistributorOptions);
   app.use(extra?.mount ?? '/', mw);
-  const echo = extra?.handler ?? ((req: Request, res: Response) => {
+  const echo = extra?.handler ?? (async (req: Request, res: Response) => {
     const d = res.locals.distribution;
     const status = Number(req.headers['x-echo-status'] ?? 200);
+    // `x-echo-report`: the status is the upstream's, reported the way a relay does (fail())
+    if (req.headers['x-echo-report'] !== undefined && status >= 400 && d?.selected) await d.fail({ status });
     res.status(status).json({
       channel: res.locals.channel ?? null,
       distribution: d ? JSON.parse(JSON.stringify(d)) : null,
