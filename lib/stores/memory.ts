@@ -2,8 +2,12 @@
 // key to the end, so the oldest pin is first): lookups and writes are O(1), a full store evicts its
 // oldest pin, expiry is checked on read and swept in slices, and every walk over the pins (sweep,
 // countPins, clearPins) yields to the event loop every few ms. TTLs are in ms at the interface.
+// Channel health (failure windows, cooldowns) lives in node-cache: a few keys that expire by
+// themselves. Pins do not: node-cache refuses writes when full instead of evicting the oldest, and
+// its expiry sweep, keys() and del walk every key synchronously (889 ms at 1,000,000 pins).
 import { ruleNameOfPinKey } from '../affinity/key';
 import { EventEmitter } from 'node:events';
+import NodeCache from 'node-cache';
 import { performance } from 'node:perf_hooks';
 import { DistributorError } from '../errors';
 import type { ChannelStatus } from '../types';
@@ -83,8 +87,8 @@ export class MemoryStore implements Store {
   private oldest?: Iterator<string>;
   private sweepTimer?: NodeJS.Timeout;
   private sweeping?: Promise<number>;
-  private failures = new Map<number, { count: number; since: number }>();
-  private cooldowns = new Map<number, number>();
+  /** `f<id>` -> the failure window `{ count, since }`, `c<id>` -> the cooldown end (epoch ms); each expires by itself. */
+  private health = new NodeCache({ stdTTL: 0, checkperiod: 60, useClones: false });
   private statuses = new Map<number, ChannelStatus>();
   private keys = new Map<number, number[]>();
   private events = new EventEmitter();
@@ -139,27 +143,27 @@ export class MemoryStore implements Store {
   }
 
   async recordFailure(channelId: number, policy: CooldownPolicy, now: number): Promise<number | null> {
-    let f = this.failures.get(channelId);
-    if (!f || now - f.since > policy.windowMs) {
-      f = { count: 0, since: now };
-      this.failures.set(channelId, f);
-    }
+    let f = this.health.get<{ count: number; since: number }>(`f${channelId}`);
+    if (!f || now - f.since > policy.windowMs) f = { count: 0, since: now };
     f.count++;
-    if (f.count < policy.failures) return null;
-    this.failures.delete(channelId);
+    if (f.count < policy.failures) {
+      // kept while its window lasts (node-cache TTLs are seconds; 0 would mean forever)
+      this.health.set(`f${channelId}`, f, Math.max(1, Math.ceil(policy.windowMs / 1000)));
+      return null;
+    }
+    this.health.del(`f${channelId}`);
     const until = now + policy.durationMs;
-    this.cooldowns.set(channelId, until);
+    this.setCooldownEnd(channelId, until);
     this.emit({ type: 'cooldown', channelId, until });
     return until;
   }
 
   async recordSuccess(channelId: number): Promise<void> {
-    this.failures.delete(channelId);
+    this.health.del(`f${channelId}`);
   }
 
   async clearCooldown(channelId: number): Promise<void> {
-    this.cooldowns.delete(channelId);
-    this.failures.delete(channelId);
+    this.health.del([`c${channelId}`, `f${channelId}`]);
     this.emit({ type: 'cooldown', channelId, until: 0 });
   }
 
@@ -179,9 +183,10 @@ export class MemoryStore implements Store {
   async loadHealth(): Promise<HealthSnapshot> {
     const now = Date.now();
     const cooldowns: Record<number, number> = {};
-    for (const [id, until] of this.cooldowns) {
-      if (until > now) cooldowns[id] = until;
-      else this.cooldowns.delete(id);
+    for (const k of this.health.keys()) {
+      if (k.charCodeAt(0) !== 0x63 /* c */) continue;
+      const until = this.health.get<number>(k);
+      if (until !== undefined && until > now) cooldowns[Number(k.slice(1))] = until;
     }
     return {
       cooldowns,
@@ -262,9 +267,17 @@ export class MemoryStore implements Store {
   }
 
   shutdown(): void {
+    this.health.close();
     if (this.sweepTimer) clearInterval(this.sweepTimer);
     this.sweepTimer = undefined;
     this.events.removeAllListeners();
+  }
+
+  /** A cooldown that ends at `until`; one already over is not kept. */
+  private setCooldownEnd(channelId: number, until: number): void {
+    const left = until - Date.now();
+    if (left > 0) this.health.set(`c${channelId}`, until, Math.ceil(left / 1000));
+    else this.health.del(`c${channelId}`);
   }
 
   /** Makes room for one pin: deletes the oldest written. */
