@@ -6,7 +6,7 @@ import { usePin } from './affinity/lookup';
 import type { ChannelRegistry } from './channels/registry';
 import { DistributorError, errorBody } from './errors';
 import { callHook, markStart } from './hooks';
-import { resolveOptions, type Config } from './options';
+import { resolveOptions, type Config, type DistributorOptions } from './options';
 import { parseRequestNow, parseRequest, type ParsedRequest } from './request/extract';
 import { resolveRouting } from './request/routing';
 import { RequestRun } from './retry/distribution';
@@ -14,7 +14,7 @@ import { createRuntime, type Runtime } from './runtime';
 import { drive, isThenable, type Steps } from './steps';
 import { TRACE_HEADER, traceHeaderValue } from './trace';
 import type { Store } from './stores/store';
-import { ChannelStatus, type Channel, type ChannelHealth, type DistributorOptions } from './types';
+import { ChannelStatus, type ChannelHealth } from './types';
 import { runValidations } from './validations';
 
 /** The middleware, with the registry and store it uses and a `shutdown()`. */

@@ -4,6 +4,7 @@ import { distributor } from './distributor';
 export { distributor };
 export default distributor;
 export type { DistributorHandler } from './distributor';
+export type { DistributorOptions, ErrorHandler } from './options';
 export { ChannelRegistry, normalizeModelName } from './channels/registry';
 export type { RegisteredChannel, Tier } from './channels/registry';
 export { MemoryStore } from './stores/memory';
@@ -28,7 +29,7 @@ export { ChannelStatus } from './types';
 export type {
   ChannelInput, Channel, RequestContext, KeySource, AffinityRule, AffinityOptions, RetryOptions,
   HealthOptions, Logger, StaleReason, StopReason, AffinityInfo, Attempt, RetryFailure, Distribution,
-  ExtractedRequest, DistributorHooks, DistributorOptions, ErrorHandler, ValidationName, ChannelHealth,
+  ExtractedRequest, DistributorHooks, ValidationName, ChannelHealth,
 } from './types';
 export { channelFromNewApi, channelsFromNewApi } from './channels/newapi';
 export type { NewApiChannelRow } from './channels/newapi';

@@ -1,15 +1,61 @@
 // Public options -> the resolved configuration, once, with defaults and fail-fast checks.
-import type { Request, Response } from 'express';
+import type { NextFunction, Request, Response } from 'express';
 import { compileRules, defaultAffinityRules, type CompiledRule } from './affinity/rules';
 import { ChannelRegistry } from './channels/registry';
-import { configError } from './errors';
+import { configError, type DistributorError } from './errors';
 import { createDefaultLogger } from './logging/logger';
 import { parseBytes } from './request/body';
 import { DEFAULT_RETRY_STATUS, parseStatusRanges } from './retry/status-ranges';
 import { MemoryStore } from './stores/memory';
 import type { Store } from './stores/store';
-import type { DistributorHooks, DistributorOptions, ErrorHandler, ExtractedRequest, Logger, RequestContext } from './types';
+import type {
+  AffinityOptions, Channel, ChannelInput, DistributorHooks, ExtractedRequest, HealthOptions, Logger, RequestContext, RetryOptions, ValidationName,
+} from './types';
 import type { TierStrategy } from './selection/select';
+
+export type ErrorHandler = (err: DistributorError, req: Request, res: Response, next: NextFunction) => void;
+
+export interface DistributorOptions {
+  /** The channels: a `ChannelRegistry` or a plain array (wrapped in one). */
+  channels: ChannelRegistry | ChannelInput[];
+  /** Where pins and channel health live. Default: a new `MemoryStore`. */
+  store?: Store;
+  /** Reads the caller's context. Default: `res.locals.token`. */
+  context?: (req: Request, res: Response) => RequestContext | undefined | Promise<RequestContext | undefined>;
+  /** Replaces the built-in model/group extraction (body reading still happens first). */
+  extractModel?: (req: Request) => string | ExtractedRequest | undefined | Promise<string | ExtractedRequest | undefined>;
+  /** Return false to skip selection (task-fetch routes). */
+  shouldSelect?: (req: Request) => boolean;
+  /** Honour a body `group` (it must be the caller's group or one of `usableGroups(userGroup)`). Default false. */
+  allowBodyGroup?: boolean;
+  /** Groups a user group may use. Default: no filter. */
+  usableGroups?: (userGroup: string | undefined) => string[];
+  /** Groups the `auto` group walks, in order. Default `['default']`. */
+  autoGroups?: string[];
+  /** Largest body the distributor reads itself: bytes or `'20mb'`. Default 20 MB. */
+  bodyLimit?: number | string;
+  /** Buffer multipart bodies to read their `model` field. Default false. */
+  multipart?: boolean;
+  /** Prepares a chosen channel (may be async); a throw makes the distributor fall back. */
+  setup?: (channel: Channel, req: Request, res: Response) => void | Promise<void>;
+  affinity?: AffinityOptions;
+  retry?: RetryOptions;
+  health?: HealthOptions;
+  /** Random source in [0, 1). Default `Math.random`. */
+  random?: () => number;
+  /** Winston-compatible logger. Default: a winston logger at level `warn`. */
+  logger?: Logger;
+  on?: DistributorHooks;
+  /** Takes over error responses. */
+  onError?: ErrorHandler;
+  /** Add an `x-distributor-trace` response header with the decision trace. Default false. */
+  traceHeader?: boolean;
+  /** Switch validations off (`false`) or one by name (`{ memoryStoreInProduction: false }`). Default: all on. */
+  validate?: boolean | { [K in ValidationName]?: boolean };
+  /** How often (ms) health and status are re-read from a shared store as a backstop. Default 1000. */
+  syncIntervalMs?: number;
+}
+
 
 /** The reference's default auto-disable keywords (matched case-insensitively). */
 export const DEFAULT_DISABLE_KEYWORDS = [

@@ -1,7 +1,6 @@
 // Public types of express-channel-distributor, and the res.locals augmentation that makes
 // `res.locals.channel` and `res.locals.distribution` typed for every consumer.
-import type { Request, Response, NextFunction } from 'express';
-import type { Store } from './stores/store';
+import type { Request } from 'express';
 
 /** Channel status, as in new-api: only `Enabled` is routable. */
 export enum ChannelStatus {
@@ -268,57 +267,14 @@ export interface ChannelHealth {
   disabledKeys: number[];
 }
 
-export type ErrorHandler = (err: import('./errors').DistributorError, req: Request, res: Response, next: NextFunction) => void;
-
-export interface DistributorOptions {
-  /** The channels: a `ChannelRegistry` or a plain array (wrapped in one). */
-  channels: import('./channels/registry').ChannelRegistry | ChannelInput[];
-  /** Where pins and channel health live. Default: a new `MemoryStore`. */
-  store?: Store;
-  /** Reads the caller's context. Default: `res.locals.token`. */
-  context?: (req: Request, res: Response) => RequestContext | undefined | Promise<RequestContext | undefined>;
-  /** Replaces the built-in model/group extraction (body reading still happens first). */
-  extractModel?: (req: Request) => string | ExtractedRequest | undefined | Promise<string | ExtractedRequest | undefined>;
-  /** Return false to skip selection (task-fetch routes). */
-  shouldSelect?: (req: Request) => boolean;
-  /** Honour a body `group` (it must be the caller's group or one of `usableGroups(userGroup)`). Default false. */
-  allowBodyGroup?: boolean;
-  /** Groups a user group may use. Default: no filter. */
-  usableGroups?: (userGroup: string | undefined) => string[];
-  /** Groups the `auto` group walks, in order. Default `['default']`. */
-  autoGroups?: string[];
-  /** Largest body the distributor reads itself: bytes or `'20mb'`. Default 20 MB. */
-  bodyLimit?: number | string;
-  /** Buffer multipart bodies to read their `model` field. Default false. */
-  multipart?: boolean;
-  /** Prepares a chosen channel (may be async); a throw makes the distributor fall back. */
-  setup?: (channel: Channel, req: Request, res: Response) => void | Promise<void>;
-  affinity?: AffinityOptions;
-  retry?: RetryOptions;
-  health?: HealthOptions;
-  /** Random source in [0, 1). Default `Math.random`. */
-  random?: () => number;
-  /** Winston-compatible logger. Default: a winston logger at level `warn`. */
-  logger?: Logger;
-  on?: DistributorHooks;
-  /** Takes over error responses. */
-  onError?: ErrorHandler;
-  /** Add an `x-distributor-trace` response header with the decision trace. Default false. */
-  traceHeader?: boolean;
-  /** Switch validations off (`false`) or one by name (`{ memoryStoreInProduction: false }`). Default: all on. */
-  validate?: boolean | { [K in ValidationName]?: boolean };
-  /** How often (ms) health and status are re-read from a shared store as a backstop. Default 1000. */
-  syncIntervalMs?: number;
-}
-
 declare global {
   // eslint-disable-next-line @typescript-eslint/no-namespace
   namespace Express {
     interface Locals {
       /** The channel chosen by express-channel-distributor for this request. */
-      channel?: import('./types').Channel;
+      channel?: Channel;
       /** The distributor's decision and the relay's `retry()` call. */
-      distribution?: import('./types').Distribution;
+      distribution?: Distribution;
     }
     interface Request {
       /** The raw request body, kept by express-channel-distributor when it read the body. */

@@ -2,10 +2,9 @@
 // switched off by name, runs once per process and subject, and never breaks a request.
 import cluster from 'node:cluster';
 import type { ChannelRegistry } from './channels/registry';
-import type { Config } from './options';
-import { KNOWN_OPTIONS } from './options';
+import { KNOWN_OPTIONS, type Config, type DistributorOptions } from './options';
 import type { Store } from './stores/store';
-import type { AffinityOptions, AffinityRule, DistributorOptions, HealthOptions, RetryOptions, ValidationName } from './types';
+import type { AffinityOptions, AffinityRule, HealthOptions, RetryOptions, ValidationName } from './types';
 import { ChannelStatus } from './types';
 
 /**
