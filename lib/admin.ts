@@ -1,7 +1,7 @@
 // Admin helpers over a distributor (clear and count pins, read a channel's health) and an
 // optional Express router exposing them behind a guard the user supplies.
 import { Router, type NextFunction, type Request, type RequestHandler, type Response } from 'express';
-import { rulePart } from './affinity/rules';
+import { PIN_NAMESPACE, pinKeyPrefix, ruleNameOfPinKey } from './affinity/layout';
 import { runtimeOf, type DistributorHandler } from './distributor';
 import { DistributorError, errorBody } from './errors';
 import type { Runtime } from './runtime';
@@ -46,21 +46,21 @@ export function distributorAdmin(handler: DistributorHandler): DistributorAdmin 
     async clearPins(target) {
       if (!target || typeof target !== 'object') throw invalid('clearPins() needs { rule } or { all: true }');
       if (!store.clearPins) throw new DistributorError('ERR_DIST_INVALID_STORE', 'the store does not implement clearPins()');
-      if (target.all === true && target.rule === undefined) return store.clearPins();
+      if (target.all === true && target.rule === undefined) return store.clearPins(PIN_NAMESPACE);
       if (typeof target.rule !== 'string' || !target.rule || target.all !== undefined) {
         throw invalid('clearPins() needs either a rule name or { all: true }');
       }
-      if (target.rule === '_') return store.clearPins('_');
+      if (target.rule === '_') return store.clearPins(pinKeyPrefix({ name: '_', includeRuleName: false }));
       const rule = rt.cfg.affinity.rules.find((r) => r.name === target.rule);
       if (rule && !rule.includeRuleName) {
         throw invalid(`affinity rule "${rule.name}" does not put its name in keys (includeRuleName is false), so its pins cannot be told apart; clear { rule: '_' } (every such rule) or { all: true }`);
       }
       // An unknown name may still have pins in a shared store (a rule another instance has).
-      return store.clearPins(rulePart({ name: target.rule, includeRuleName: true }));
+      return store.clearPins(pinKeyPrefix({ name: target.rule, includeRuleName: true }));
     },
     async countPins() {
       if (!store.countPins) throw new DistributorError('ERR_DIST_INVALID_STORE', 'the store does not implement countPins()');
-      return store.countPins();
+      return store.countPins(ruleNameOfPinKey);
     },
     channelHealth(channelId) {
       return handler.health(channelId);

@@ -4,7 +4,6 @@ import type { ChannelRegistry } from './channels/registry';
 import { HealthBook } from './health/health';
 import type { Config } from './options';
 import { StoreGuard } from './store-guard';
-import { MemoryStore } from './stores/memory';
 
 export interface Runtime {
   cfg: Config;
@@ -15,8 +14,6 @@ export interface Runtime {
   /** Requests in flight and requests currently retrying (for the retry budget). */
   counters: { active: number; retrying: number };
   debug: boolean;
-  /** The store when it is the embedded MemoryStore with its own getPin (read without a promise). */
-  memoryStore?: MemoryStore;
 }
 
 export function createRuntime(cfg: Config): Runtime {
@@ -27,8 +24,5 @@ export function createRuntime(cfg: Config): Runtime {
   // `level` of debug/silly, or a custom logger without levels. `console` gets none (stdout noise).
   const debug = typeof cfg.logger.debug === 'function' && cfg.logger !== console &&
     (typeof logger.isDebugEnabled === 'function' ? logger.isDebugEnabled() : logger.level === undefined || logger.level === 'debug' || logger.level === 'silly');
-  // a subclass that overrides getPin (to record or wrap it) keeps going through getPin
-  const store = cfg.store;
-  const memoryStore = store instanceof MemoryStore && store.getPin === MemoryStore.prototype.getPin ? store : undefined;
-  return { cfg, registry: cfg.registry, health, keys: new KeyPicker(cfg.random), guard, counters: { active: 0, retrying: 0 }, debug, memoryStore };
+  return { cfg, registry: cfg.registry, health, keys: new KeyPicker(cfg.random), guard, counters: { active: 0, retrying: 0 }, debug };
 }

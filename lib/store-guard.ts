@@ -1,6 +1,7 @@
 // Store calls go through a guard: an error or rejection becomes a fallback value, a rate-limited
 // warning and a `storeError` hook, so a store outage degrades service and never fails a request.
 import { callHook } from './hooks';
+import type { Store } from './stores/store';
 import type { DistributorHooks, Logger } from './types';
 
 const WARN_EVERY_MS = 10_000;
@@ -17,6 +18,23 @@ export class StoreGuard {
       this.report(operation, e);
       return fallback;
     }
+  }
+
+  /**
+   * A pin lookup: answered synchronously when the store can (`getPinSync`, an in-process store),
+   * else through `getPin`; failing soft either way. The one pin-read path of the distributor.
+   */
+  readPin(store: Store, key: string, refreshTtlMs: number): string | null | Promise<string | null> {
+    if (store.getPinSync) {
+      try {
+        const v = store.getPinSync(key, refreshTtlMs);
+        if (v !== undefined) return v;
+      } catch (e) {
+        this.report('getPin', e);
+        return null;
+      }
+    }
+    return this.run('getPin', () => store.getPin(key, refreshTtlMs), null);
   }
 
   report(operation: string, e: unknown): void {

@@ -141,22 +141,6 @@ export function fingerprint(value: string): string {
   return (oneShot ? oneShot('sha256', value, 'hex') : crypto.createHash('sha256').update(value).digest('hex')).slice(0, 12);
 }
 
-/**
- * The rule name of a pin key (`aff:<rule part>:<hash>`, without the store prefix): the inverse of
- * `rulePart()`, `_` for rules without `includeRuleName`. Stores use it to count pins by rule.
- */
-export function ruleNameOfPinKey(key: string): string {
-  const start = key.startsWith('aff:') ? 4 : 0;
-  const end = key.indexOf(':', start);
-  const part = key.slice(start, end === -1 ? undefined : end);
-  if (part === '_') return part;
-  try {
-    return decodeURIComponent(part);
-  } catch {
-    return part;
-  }
-}
-
 /** Finds the deciding rule and derives its key, or undefined when no rule yields a value. */
 export function matchAffinity(rules: readonly CompiledRule[], input: KeyInput): AffinityMatch | undefined {
   for (const rule of rules) {

@@ -6,10 +6,10 @@ import { callHook } from '../hooks';
 import type { ParsedRequest } from '../request/extract';
 import type { RequestRun } from '../retry/distribution';
 import type { Runtime } from '../runtime';
-import { isThenable, type Steps } from '../steps';
-import type { MemoryStore } from '../stores/memory';
+import type { Steps } from '../steps';
 import { ChannelStatus, type StaleReason } from '../types';
 import { matchAffinity } from './key';
+import { pinnedChannel } from './layout';
 
 /** Why a pin cannot be used, or the group it serves in. */
 function checkPin(rt: Runtime, run: RequestRun, id: number): { reason: StaleReason } | { ch: RegisteredChannel; group: string } {
@@ -28,16 +28,6 @@ function checkPin(rt: Runtime, run: RequestRun, id: number): { reason: StaleReas
   return { ch, group };
 }
 
-/** The embedded store's pin without a promise, failing soft like `guard.run()`. */
-function readPinNow(rt: Runtime, store: MemoryStore, key: string, ttlMs: number): number | null {
-  try {
-    return store.getPinNow(key, ttlMs);
-  } catch (e) {
-    rt.guard.report('getPin', e);
-    return null;
-  }
-}
-
 /**
  * Runs affinity for a request (steps for `drive()`). Ends with true when the pinned channel was
  * set up and is now the current channel; false when selection must run (no rule, no pin, or a
@@ -51,22 +41,22 @@ export function* usePin(rt: Runtime, run: RequestRun, req: Request, res: Respons
   if (!match) return false;
   run.match = match;
   const info = (run.affinity = { rule: match.rule.name, hit: false, used: false, cleared: false } as NonNullable<RequestRun['affinity']>);
-  const pinned = rt.memoryStore
-    ? readPinNow(rt, rt.memoryStore, match.key, match.rule.ttlMs)
-    : ((yield rt.guard.run('getPin', () => cfg.store.getPin(match.key, match.rule.ttlMs), null)) as number | null);
-  if (pinned === null || pinned === undefined) {
+  const value = (yield rt.guard.readPin(cfg.store, match.key, match.rule.ttlMs)) as string | null;
+  // a value this version cannot read is a miss: the next success overwrites it
+  const pinned = pinnedChannel(value);
+  if (pinned === null) {
     run.note(`affinity:miss rule=${match.rule.name}`);
     if (cfg.on.affinityMiss) callHook(cfg, 'affinityMiss', { req, rule: match.rule.name, fingerprint: match.fingerprint });
     return false;
   }
   info.hit = true;
   run.pinnedId = pinned;
+  run.pinnedValue = value as string;
   const checked = checkPin(rt, run, pinned);
   let stale: StaleReason;
   if ('reason' in checked) stale = checked.reason;
   else {
-    const setUp = run.trySetup(checked.ch, checked.group);
-    if (isThenable(setUp) ? yield setUp : setUp) {
+    if (yield run.trySetup(checked.ch, checked.group)) {
       info.used = true;
       run.note(`affinity:hit ch=${pinned}`);
       if (cfg.on.affinityHit) callHook(cfg, 'affinityHit', { req, rule: match.rule.name, channelId: pinned, fingerprint: match.fingerprint });
@@ -77,7 +67,8 @@ export function* usePin(rt: Runtime, run: RequestRun, req: Request, res: Respons
   }
   info.stale = stale;
   if (!cfg.affinity.keepOnChannelDisabled) {
-    info.cleared = (yield rt.guard.run('clearPin', () => cfg.store.clearPin(match.key, pinned), false)) as boolean;
+    // compare-and-delete with the value read: another instance may have re-pinned it meanwhile
+    info.cleared = (yield rt.guard.run('clearPin', () => cfg.store.clearPin(match.key, value as string), false)) as boolean;
   }
   run.note(`affinity:stale(${stale}) ch=${pinned}${info.cleared ? ' cleared' : ''}`);
   callHook(cfg, 'affinityStale', { req, rule: match.rule.name, channelId: pinned, reason: stale, cleared: info.cleared });

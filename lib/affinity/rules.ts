@@ -2,6 +2,7 @@
 // import of new-api's `channel_affinity_setting` JSON.
 import { DistributorError, configError } from '../errors';
 import { compilePath } from '../request/json-path';
+import { pinKeyPrefix } from './layout';
 import type { AffinityOptions, AffinityRule, KeySource } from '../types';
 
 export type CompiledSource =
@@ -93,11 +94,6 @@ function strList(rule: string, field: string, v: unknown): string[] | undefined 
   return v as string[];
 }
 
-/** Rule part of a key: the encoded rule name, or `_` when the rule does not include it. */
-export function rulePart(rule: { name: string; includeRuleName: boolean }): string {
-  return rule.includeRuleName ? encodeURIComponent(rule.name) : '_';
-}
-
 /** Compiles every rule once; throws `ERR_DIST_INVALID_OPTIONS` naming the rule on any invalid part. */
 export function compileRules(rules: AffinityRule[], defaultTtlSeconds: number): CompiledRule[] {
   if (!Array.isArray(rules)) throw configError('affinity.rules must be an array');
@@ -129,7 +125,7 @@ export function compileRules(rules: AffinityRule[], defaultTtlSeconds: number): 
       includeModelName: r.includeModelName === true,
       includeRuleName: r.includeRuleName === true,
       neverMatches: modelRegex.length === 0 || sources.length === 0 || (userAgentInclude !== undefined && userAgentInclude.length === 0 && (uas?.length ?? 0) > 0),
-      keyPrefix: `aff:${rulePart({ name, includeRuleName: r.includeRuleName === true })}:`,
+      keyPrefix: pinKeyPrefix({ name, includeRuleName: r.includeRuleName === true }),
     };
   });
 }

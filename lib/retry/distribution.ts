@@ -12,6 +12,7 @@ import { inspect } from 'node:util';
 import type { Runtime } from '../runtime';
 import { selectChannel } from '../selection/select';
 import { driveToPromise, isThenable, type Steps } from '../steps';
+import { pinValue } from '../affinity/layout';
 import { decidePin } from '../affinity/policy';
 import { isRetryable } from './status-ranges';
 import { TRACE_HEADER, traceHeaderValue } from '../trace';
@@ -60,6 +61,8 @@ export class RequestRun implements Distribution {
   secrets?: string[];
   /** @internal the channel id the pin pointed to, when there was a pin */
   pinnedId?: number;
+  /** @internal the pin's value as read (compare-and-delete clears exactly that) */
+  pinnedValue?: string;
   /** @internal the pinned channel failed with a retryable status */
   pinFailed = false;
   /** @internal */ current?: RegisteredChannel;
@@ -428,12 +431,12 @@ export class RequestRun implements Distribution {
       cfg.affinity,
     );
     if (action === 'clear') {
-      const pinned = this.pinnedId as number;
+      const pinned = this.pinnedValue as string;
       void guard.run('clearPin', () => cfg.store.clearPin(match.key, pinned), false);
       if (!success) info.cleared = true;
     } else if (action !== 'none') {
       const target = action === 'write-served' ? cur.id : this.firstChosen ?? cur.id;
-      void guard.run('setPin', () => cfg.store.setPin(match.key, target, match.rule.ttlMs), undefined);
+      void guard.run('setPin', () => cfg.store.setPin(match.key, pinValue(target), match.rule.ttlMs), undefined);
     }
   }
 }

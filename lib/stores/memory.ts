@@ -5,7 +5,6 @@
 // Channel health (failure windows, cooldowns) lives in node-cache: a few keys that expire by
 // themselves. Pins do not: node-cache refuses writes when full instead of evicting the oldest, and
 // its expiry sweep, keys() and del walk every key synchronously (889 ms at 1,000,000 pins).
-import { ruleNameOfPinKey } from '../affinity/key';
 import { EventEmitter } from 'node:events';
 import NodeCache from 'node-cache';
 import { performance } from 'node:perf_hooks';
@@ -25,9 +24,9 @@ export interface MemoryStoreOptions {
   checkPeriodSeconds?: number;
 }
 
-/** A pin: the channel and when it expires (epoch ms; Infinity for a pin without a TTL). */
+/** A pin: its value and when it expires (epoch ms; Infinity for a pin without a TTL). */
 interface Pin {
-  id: number;
+  value: string;
   exp: number;
 }
 
@@ -107,16 +106,25 @@ export class MemoryStore implements Store {
     this.events.setMaxListeners(0);
   }
 
-  async getPin(key: string, refreshTtlMs?: number): Promise<number | null> {
-    return this.getPinNow(key, refreshTtlMs);
+  async getPin(key: string, refreshTtlMs?: number): Promise<string | null> {
+    return this.readPin(key, refreshTtlMs);
   }
 
   /**
-   * @internal `getPin()` without the promise (the distributor's fast path for this store). The
-   * TTL slides in steps of at most 1 s (a tenth of the TTL when that is shorter), not on every
-   * read of a hot session.
+   * `getPin()` without the promise (the distributor reads this store synchronously). A subclass
+   * that overrides `getPin` (to record or wrap it) gets `undefined` here, so the distributor
+   * keeps going through its `getPin`.
    */
-  getPinNow(key: string, refreshTtlMs?: number): number | null {
+  getPinSync(key: string, refreshTtlMs?: number): string | null | undefined {
+    if (this.getPin !== MemoryStore.prototype.getPin) return undefined;
+    return this.readPin(key, refreshTtlMs);
+  }
+
+  /**
+   * The TTL slides in steps of at most 1 s (a tenth of the TTL when that is shorter), not on
+   * every read of a hot session.
+   */
+  private readPin(key: string, refreshTtlMs?: number): string | null {
     const pin = this.pins.get(key);
     if (pin === undefined) return null;
     const now = Date.now();
@@ -127,18 +135,18 @@ export class MemoryStore implements Store {
     if (refreshTtlMs && refreshTtlMs > 0) {
       if (pin.exp === Infinity || now + refreshTtlMs - pin.exp >= Math.min(1000, refreshTtlMs / 10)) pin.exp = now + refreshTtlMs;
     }
-    return pin.id;
+    return pin.value;
   }
 
-  async setPin(key: string, channelId: number, ttlMs: number): Promise<void> {
+  async setPin(key: string, value: string, ttlMs: number): Promise<void> {
     const exp = ttlMs > 0 && Number.isFinite(ttlMs) ? Date.now() + ttlMs : Infinity;
     // delete + set: a written pin moves to the end (the newest); the oldest stays first.
     if (!this.pins.delete(key) && this.pins.size >= this.maxPins) this.evictOldest();
-    this.pins.set(flatKey(key), { id: channelId, exp });
+    this.pins.set(flatKey(key), { value, exp });
   }
 
-  async clearPin(key: string, expectedChannelId: number): Promise<boolean> {
-    if (this.getPinNow(key) !== expectedChannelId) return false;
+  async clearPin(key: string, expectedValue: string): Promise<boolean> {
+    if (this.readPin(key) !== expectedValue) return false;
     return this.pins.delete(key);
   }
 
@@ -200,11 +208,14 @@ export class MemoryStore implements Store {
     return () => this.events.off('event', listener);
   }
 
-  /** Deletes live pins (all, or one rule's) in slices; pins written after a slice passed them stay. */
-  async clearPins(rule?: string): Promise<number> {
+  /**
+   * Deletes the live pins whose key starts with `keyPrefix` (every pin when omitted), in slices;
+   * pins written after a slice passed them stay.
+   */
+  async clearPins(keyPrefix?: string): Promise<number> {
     const now = Date.now();
     let deleted = 0;
-    if (rule === undefined) {
+    if (!keyPrefix) {
       // Swap in an empty map at once; count what the old one held without blocking.
       const old = this.pins;
       this.pins = new Map();
@@ -215,17 +226,16 @@ export class MemoryStore implements Store {
       return deleted;
     }
     const pins = this.pins;
-    const prefix = `aff:${rule}:`;
     await inSlices(pins.keys(), (k) => {
-      if (!k.startsWith(prefix)) return;
+      if (!k.startsWith(keyPrefix)) return;
       if ((pins.get(k)?.exp ?? 0) >= now) deleted++;
       pins.delete(k);
     });
     return deleted;
   }
 
-  /** Live pins per rule name, counted in slices (expired pins met on the way are removed). */
-  async countPins(): Promise<Record<string, number>> {
+  /** Live pins counted by `groupOf(key)`, in slices (expired pins met on the way are removed). */
+  async countPins(groupOf: (key: string) => string): Promise<Record<string, number>> {
     const now = Date.now();
     const pins = this.pins;
     const out: Record<string, number> = {};
@@ -234,7 +244,7 @@ export class MemoryStore implements Store {
         pins.delete(k);
         return;
       }
-      const name = ruleNameOfPinKey(k);
+      const name = groupOf(k);
       out[name] = (out[name] ?? 0) + 1;
     });
     return out;

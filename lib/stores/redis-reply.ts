@@ -29,17 +29,15 @@ export function replyInt(reply: unknown): number | null {
 }
 
 /**
- * A pin value as its channel id; null for nil. Pins are written as `<channelId>:<writeTimeMs>`;
- * a bare integer is a pin written by version 0.1 (no write time) and still reads.
+ * A pin's value; null for nil. Pins are written as `<value>:<writeTimeMs>`; a value without a
+ * write time is a pin written by version 0.1 (a bare channel id) and still reads.
  */
-export function replyPin(reply: unknown): number | null {
+export function replyPin(reply: unknown): string | null {
   const text = replyText(reply);
   if (text === null) return null;
-  const m = /^(-?\d+)(?::\d+)?$/.exec(text);
-  if (!m) throw new TypeError('unexpected Redis reply (expected a pin: "<channel id>:<write time>" or an integer)');
-  const n = Number(m[1]);
-  if (!Number.isSafeInteger(n)) throw new TypeError('unexpected Redis reply (pin channel id out of range)');
-  return n;
+  // `<value>:<write time>`; a 0.1 pin is the bare value
+  const m = /^(.*):\d+$/s.exec(text);
+  return m ? m[1] : text;
 }
 
 /** A reply that must be an array. */

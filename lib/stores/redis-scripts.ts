@@ -17,9 +17,9 @@ function script(name: string, source: string): LuaScript {
   return { name, source: normalized, sha: createHash('sha1').update(normalized).digest('hex') };
 }
 
-// Pin values are `<channelId>:<writeTimeMs>` (the write time is taken when setPin was called, so
-// a write that reaches Redis late carries its original time); version 0.1 wrote a bare
-// `<channelId>`, which reads as a pin with no write time (older than any timed pin).
+// Pin values are `<value>:<writeTimeMs>` (the write time is taken when setPin was called, so a
+// write that reaches Redis late carries its original time); version 0.1 wrote a bare value (a
+// channel id), which reads as a pin with no write time (older than any timed pin).
 
 /** KEYS[1] pin; ARGV[1] ttl ms. The raw pin value (parsed by the client), refreshing its TTL when it exists. */
 export const GET_PIN = script('getPin', `
@@ -29,20 +29,20 @@ export const GET_PIN = script('getPin', `
 `);
 
 /**
- * KEYS[1] pin; ARGV[1] expected channel id. Deletes only if the pin still points to that channel
- * (`<id>:<time>`, or a 0.1 bare `<id>`); 1 if deleted.
+ * KEYS[1] pin; ARGV[1] expected value. Deletes only if the pin still holds that value
+ * (`<value>:<time>`, or a 0.1 bare `<value>`); 1 if deleted.
  */
 export const CLEAR_PIN = script('clearPin', `
   local v = redis.call('GET', KEYS[1])
-  if v and (v == ARGV[1] or string.sub(v, 1, string.len(ARGV[1]) + 1) == ARGV[1] .. ':') then
+  if v and (string.match(v, '^(.*):%d+$') or v) == ARGV[1] then
     return redis.call('DEL', KEYS[1])
   end
   return 0
 `);
 
 /**
- * KEYS[1] pin; ARGV[1] channel id, ARGV[2] write time (epoch ms), ARGV[3] TTL ms ('' for none).
- * Compare-and-set by write time: writes `<id>:<time>` unless the stored pin was written later
+ * KEYS[1] pin; ARGV[1] value, ARGV[2] write time (epoch ms), ARGV[3] TTL ms ('' for none).
+ * Compare-and-set by write time: writes `<value>:<time>` unless the stored pin was written later
  * (a late or retried write never replaces a newer pin; equal times write, so the last of two
  * writes in one millisecond wins). A 0.1 pin (no time) is older than any timed write. 1 if written.
  */

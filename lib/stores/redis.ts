@@ -4,7 +4,6 @@
 // after consecutive transport failures (an error reply such as OOM or READONLY fails one call and
 // never starts it). Pin writes carry their write time, so a late write never replaces a newer pin,
 // and a pin write skipped by the back-off or timed out is retried once when Redis answers again.
-import { ruleNameOfPinKey } from '../affinity/key';
 import { DistributorError } from '../errors';
 import { ChannelStatus } from '../types';
 import {
@@ -106,7 +105,7 @@ type Sender = (command: string[], key: string | undefined, isReadOnly: boolean) 
 interface PinWrite {
   /** The full Redis key (prefix included). */
   key: string;
-  channelId: number;
+  value: string;
   /** Epoch ms when `setPin` was called: the pin's write time, also on a retry. */
   at: number;
   ttlMs: number;
@@ -246,7 +245,7 @@ export class RedisStore implements Store {
 
   // ---- pins (each touches one key) ------------------------------------------------------------
 
-  async getPin(key: string, refreshTtlMs?: number): Promise<number | null> {
+  async getPin(key: string, refreshTtlMs?: number): Promise<string | null> {
     const k = this.prefix + key;
     const reply = await this.guarded('getPin', () =>
       refreshTtlMs !== undefined && refreshTtlMs > 0 && Number.isFinite(refreshTtlMs)
@@ -256,13 +255,13 @@ export class RedisStore implements Store {
   }
 
   /**
-   * Writes `<channelId>:<now>` unless the key holds a pin written later. Skipped by the back-off,
+   * Writes `<value>:<now>` unless the key holds a pin written later. Skipped by the back-off,
    * timed out or lost with the connection, the write is kept (latest per key) and retried once
    * when Redis answers again; it still rejects, so the caller sees the failure. An error reply
    * (OOM, READONLY...) is not retried.
    */
-  async setPin(key: string, channelId: number, ttlMs: number): Promise<void> {
-    const write: PinWrite = { key: this.prefix + key, channelId, at: Date.now(), ttlMs };
+  async setPin(key: string, value: string, ttlMs: number): Promise<void> {
+    const write: PinWrite = { key: this.prefix + key, value, at: Date.now(), ttlMs };
     try {
       await this.guarded('setPin', () => this.writePin(write));
     } catch (e) {
@@ -273,11 +272,11 @@ export class RedisStore implements Store {
     if (owed && owed.at <= write.at) this.pending.delete(write.key);
   }
 
-  async clearPin(key: string, expectedChannelId: number): Promise<boolean> {
+  async clearPin(key: string, expectedValue: string): Promise<boolean> {
     const k = this.prefix + key;
-    // A retry owed to the channel being cleared would bring the stale pin back.
-    if (this.pending.get(k)?.channelId === expectedChannelId) this.pending.delete(k);
-    const reply = await this.guarded('clearPin', () => this.evalScript(CLEAR_PIN, [k], [String(expectedChannelId)]));
+    // A retry owed to the value being cleared would bring the stale pin back.
+    if (this.pending.get(k)?.value === expectedValue) this.pending.delete(k);
+    const reply = await this.guarded('clearPin', () => this.evalScript(CLEAR_PIN, [k], [expectedValue]));
     return replyInt(reply) === 1;
   }
 
@@ -346,10 +345,10 @@ export class RedisStore implements Store {
 
   // ---- admin (SCAN every master; never in the request path) -----------------------------------
 
-  async clearPins(rule?: string): Promise<number> {
-    const pattern = `${globEscape(this.prefix)}aff:${rule === undefined ? '' : `${globEscape(rule)}:`}*`;
+  /** Deletes the pins whose key starts with `keyPrefix` (every pin when omitted), on every master. */
+  async clearPins(keyPrefix = ''): Promise<number> {
     let deleted = 0;
-    await this.scan(pattern, async (keys, node) => {
+    await this.scanPins(keyPrefix, async (keys, node) => {
       // One DEL per key: keys of one SCAN page may sit in different slots of a cluster node.
       const replies = await this.guarded('clearPins', () => Promise.all(keys.map((k) => node(['DEL', k]))));
       for (const r of replies) deleted += replyInt(r) ?? 0;
@@ -357,15 +356,25 @@ export class RedisStore implements Store {
     return deleted;
   }
 
-  async countPins(): Promise<Record<string, number>> {
+  /** Live pins on every master, counted by `groupOf(key)` (the key as the distributor gave it). */
+  async countPins(groupOf: (key: string) => string): Promise<Record<string, number>> {
     const out: Record<string, number> = {};
-    await this.scan(`${globEscape(this.prefix)}aff:*`, async (keys) => {
+    await this.scanPins('', async (keys) => {
       for (const k of keys) {
-        const name = ruleNameOfPinKey(k.slice(this.prefix.length));
+        const name = groupOf(k.slice(this.prefix.length));
         out[name] = (out[name] ?? 0) + 1;
       }
     });
     return out;
+  }
+
+  /** SCANs the pins under `prefix + keyPrefix`: every key of the store's prefix but its own health keys. */
+  private scanPins(keyPrefix: string, onPage: (keys: string[], node: RedisSendCommand) => Promise<void>): Promise<void> {
+    const health = `${this.prefix}{health}:`;
+    return this.scan(`${globEscape(this.prefix + keyPrefix)}*`, (keys, node) => {
+      const pins = keys.filter((k) => !k.startsWith(health));
+      return pins.length ? onPage(pins, node) : Promise.resolve();
+    });
   }
 
   /** Ends the subscription this store started; never closes a client you passed in. */
@@ -430,7 +439,7 @@ export class RedisStore implements Store {
   /** The pin write (compare-and-set by write time), with what is left of its TTL. */
   private writePin(w: PinWrite): Promise<unknown> {
     const left = ttlLeft(w);
-    return this.evalScript(SET_PIN, [w.key], [String(w.channelId), String(w.at), left === Infinity ? '' : String(Math.max(1, left))]);
+    return this.evalScript(SET_PIN, [w.key], [w.value, String(w.at), left === Infinity ? '' : String(Math.max(1, left))]);
   }
 
   /** Keeps a write for its one retry: the latest per key, at most MAX_PENDING_PIN_WRITES (oldest dropped). */

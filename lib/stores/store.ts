@@ -1,4 +1,5 @@
-// The Store interface: pins (affinity key -> channel id) and shared channel health.
+// The Store interface: pins (opaque key -> opaque value, both built by affinity/) and shared
+// channel health.
 import type { ChannelStatus } from '../types';
 
 /** Cooldown policy passed to `recordFailure`. */
@@ -34,12 +35,21 @@ export interface Store {
   readonly localKeys: boolean;
   /** Prefix of every key the store writes. */
   readonly prefix: string;
-  /** The pinned channel id, refreshing its TTL when `refreshTtlMs` is given; null when absent. */
-  getPin(key: string, refreshTtlMs?: number): Promise<number | null>;
-  /** Pins `key` to `channelId` for `ttlMs`. */
-  setPin(key: string, channelId: number, ttlMs: number): Promise<void>;
-  /** Compare-and-delete: removes the pin only if it still points to `expectedChannelId`. */
-  clearPin(key: string, expectedChannelId: number): Promise<boolean>;
+  /**
+   * The value pinned under `key`, refreshing its TTL when `refreshTtlMs` is given; null when absent.
+   * Keys and values are opaque to a store: the distributor builds them (a value never contains
+   * `:` and is at most 64 characters).
+   */
+  getPin(key: string, refreshTtlMs?: number): Promise<string | null>;
+  /**
+   * `getPin()` answered without a promise, for an in-process store; `undefined` when it cannot
+   * answer synchronously (the distributor then calls `getPin`). Optional.
+   */
+  getPinSync?(key: string, refreshTtlMs?: number): string | null | undefined;
+  /** Pins `key` to `value` for `ttlMs`. */
+  setPin(key: string, value: string, ttlMs: number): Promise<void>;
+  /** Compare-and-delete: removes the pin only if it still holds `expectedValue`. */
+  clearPin(key: string, expectedValue: string): Promise<boolean>;
   /** Counts a failure of a channel; resolves to the cooldown end when this failure starts one. */
   recordFailure(channelId: number, policy: CooldownPolicy, now: number): Promise<number | null>;
   /** Records (or with `null`/`[]` removes) a status or disabled-keys override, and tells other instances. */
@@ -52,10 +62,10 @@ export interface Store {
   loadHealth(): Promise<HealthSnapshot>;
   /** Pushes changes made by any instance; returns the unsubscribe function. */
   subscribe?(listener: (event: StoreEvent) => void): () => void;
-  /** Deletes pins: all, or those of one rule (the rule name as written in keys). Returns how many. */
-  clearPins?(rule?: string): Promise<number>;
-  /** Pins per rule name (`_` for rules without `includeRuleName`). */
-  countPins?(): Promise<Record<string, number>>;
+  /** Deletes the pins whose key starts with `keyPrefix` (every pin when it is omitted). Returns how many. */
+  clearPins?(keyPrefix?: string): Promise<number>;
+  /** Live pins, counted by `groupOf(key)`. */
+  countPins?(groupOf: (key: string) => string): Promise<Record<string, number>>;
   /** Stops timers and subscriptions the store started; never closes a client the user passed in. */
   shutdown?(): Promise<void> | void;
 }
