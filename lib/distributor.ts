@@ -7,14 +7,15 @@ import type { ChannelRegistry } from './channels/registry';
 import { DistributorError, errorBody } from './errors';
 import { callHook, markStart } from './hooks';
 import { resolveOptions, type Config, type DistributorOptions } from './options';
-import { parseRequestNow, parseRequest, type ParsedRequest } from './request/extract';
-import { resolveRouting } from './request/routing';
-import { RequestRun } from './retry/distribution';
+import { parseRequest, type ParsedRequest } from './request/extract';
+import { resolveRouting, type Routing } from './request/routing';
+import { RequestRun } from './run/request-run';
+import { selectWithFallback } from './selection/fallback';
 import { createRuntime, type Runtime } from './runtime';
-import { drive, isThenable, type Steps } from './steps';
+import { drive, type Steps } from './steps';
 import { TRACE_HEADER, traceHeaderValue } from './trace';
 import type { Store } from './stores/store';
-import { ChannelStatus, type ChannelHealth } from './types';
+import { ChannelStatus, type ChannelHealth, type RequestContext } from './types';
 import { runValidations } from './validations';
 
 /** The middleware, with the registry and store it uses and a `shutdown()`. */
@@ -61,39 +62,46 @@ function sendError(cfg: Config, err: DistributorError, req: Request, res: Respon
   res.status(err.status).json(errorBody(err));
 }
 
+/** The per-request pipeline, one line a stage (see docs/architecture.md). */
 function* distribute(rt: Runtime, req: Request, res: Response): Steps<'next' | DistributorError> {
   const { cfg } = rt;
-  if (cfg.shouldSelect && !cfg.shouldSelect(req)) {
-    res.locals.distribution = notSelected(rt, req, res);
-    return 'next';
-  }
-  const parsed = parseRequestNow(req, cfg) ?? (yield* parseRequest(req, cfg));
-  const context = cfg.context(req, res);
-  const routing = resolveRouting(cfg, isThenable(context) ? ((yield context) as Awaited<typeof context>) : context, parsed);
-  const run = new RequestRun(rt, req, res, routing.ctx, parsed.model, routing.group, routing.groups, routing.specificChannelId !== undefined);
-  res.locals.distribution = run;
+  if (cfg.shouldSelect && !cfg.shouldSelect(req)) return notSelected(rt, req, res);
+  const parsed = yield* parseRequest(req, cfg);
+  const routing = resolveRouting(cfg, (yield cfg.context(req, res)) as RequestContext | undefined, parsed);
+  const run = start(rt, req, res, routing, parsed.model);
+  if (routing.specificChannelId !== undefined) return yield* specificChannel(rt, run, parsed, routing.specificChannelId);
+  if (!parsed.model) return new DistributorError('model_required', 'Model name not specified, model name cannot be empty', 400);
+  let ok = cfg.affinity.enabled && cfg.affinity.rules.length > 0 && (yield* usePin(rt, run, req, res, parsed));
+  if (!ok) ok = yield* selectWithFallback(run, cfg.retry.times + 1, 'select', run.groups);
+  if (!ok) return run.noChannelError();
+  if (cfg.traceHeader) res.setHeader(TRACE_HEADER, traceHeaderValue(run.d.trace));
+  if (rt.debug) debugSelected(rt, run);
+  return 'next';
+}
+
+/** The request's run: `res.locals.distribution`, counted as active until its response is done. */
+function start(rt: Runtime, req: Request, res: Response, routing: Routing, model: string): RequestRun {
+  const run = new RequestRun(rt, req, res, routing.ctx, model, routing.group, routing.groups, routing.specificChannelId !== undefined);
+  res.locals.distribution = run.d;
   rt.counters.active++;
   // 'close' follows 'finish' on every response and also covers a connection closed early.
   // `on`, not `once`: 'close' fires once per response, and `once` allocates a wrapper per request.
   res.on('close', () => run.finalize(res.writableFinished));
   // The client may have gone while the body or the context was awaited: 'close' already fired.
   if (res.closed) run.finalize(res.writableFinished);
-  if (routing.specificChannelId !== undefined) return yield* specificChannel(rt, run, req, res, parsed, routing.specificChannelId);
-  if (!parsed.model) return new DistributorError('model_required', 'Model name not specified, model name cannot be empty', 400);
-  let ok = cfg.affinity.enabled && cfg.affinity.rules.length > 0 && (yield* usePin(rt, run, req, res, parsed));
-  if (!ok) ok = yield* run.selectWithFallback(cfg.retry.times + 1, 'select', run.groups);
-  if (!ok) return run.noChannelError();
-  if (cfg.traceHeader) res.setHeader(TRACE_HEADER, traceHeaderValue(run.trace));
-  if (rt.debug) {
-    cfg.logger.debug?.('channel selected', {
-      channelId: run.current?.id, group: run.selectedGroup, model: run.model, rule: run.affinity?.rule,
-      fingerprint: run.match?.fingerprint, stale: run.affinity?.stale, tried: run.tried, attempts: run.attempts,
-    });
-  }
-  return 'next';
+  return run;
 }
 
-function* specificChannel(rt: Runtime, run: RequestRun, req: Request, res: Response, parsed: ParsedRequest, id: number): Steps<'next' | DistributorError> {
+function debugSelected(rt: Runtime, run: RequestRun): void {
+  const { d } = run;
+  rt.cfg.logger.debug?.('channel selected', {
+    channelId: run.current?.id, group: d.selectedGroup, model: d.model, rule: d.affinity?.rule,
+    fingerprint: run.match?.fingerprint, stale: d.affinity?.stale, tried: d.tried, attempts: d.attempts,
+  });
+}
+
+function* specificChannel(rt: Runtime, run: RequestRun, parsed: ParsedRequest, id: number): Steps<'next' | DistributorError> {
+  const { req, res } = run;
   const ch = rt.registry.get(id);
   if (!ch) return new DistributorError('invalid_channel_id', 'Invalid channel ID', 400);
   if (ch.status !== ChannelStatus.Enabled) return new DistributorError('channel_disabled', 'This channel has been disabled', 403);
@@ -102,9 +110,9 @@ function* specificChannel(rt: Runtime, run: RequestRun, req: Request, res: Respo
     const m = matchAffinity(rt.cfg.affinity.rules, { req, res, model: run.model, path: parsed.path, group: run.group, ctx: run.ctx, body: parsed.body });
     if (m) (run.secrets ??= []).push(m.rawValue);
   }
-  const setUp = run.trySetup(ch, run.group);
-  if (!(isThenable(setUp) ? yield setUp : setUp)) {
-    const last = run.attempts[run.attempts.length - 1]?.reason ?? 'setup failed';
+  if (!(yield* run.trySetup(ch, run.group))) {
+    const { attempts } = run.d;
+    const last = attempts[attempts.length - 1]?.reason ?? 'setup failed';
     return new DistributorError('channel_setup_failed', `Channel ${id} could not be set up: ${last}`, 503);
   }
   run.note(`specific ch=${id}`);
@@ -122,12 +130,14 @@ function failed(cfg: Config, err: unknown, req: Request, res: Response, next: Ne
   else next(err);
 }
 
-function notSelected(rt: Runtime, req: Request, res: Response): RequestRun {
+/** `shouldSelect` said no: a record with `selected: false`, and nothing else happens. */
+function notSelected(rt: Runtime, req: Request, res: Response): 'next' {
   const run = new RequestRun(rt, req, res, {}, '', '', [], false);
+  res.locals.distribution = run.d;
   rt.counters.active++;
   res.on('close', () => run.finalize(false));
   if (res.closed) run.finalize(false);
-  return run;
+  return 'next';
 }
 
 /**

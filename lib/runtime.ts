@@ -1,7 +1,7 @@
 // What a distributor instance shares between its requests: config, registry, health, key picker.
 import { KeyPicker } from './channels/multi-key';
 import type { ChannelRegistry } from './channels/registry';
-import { HealthBook } from './health/health';
+import { HealthBook } from './health/book';
 import type { Config } from './options';
 import { StoreGuard } from './store-guard';
 

@@ -4,10 +4,10 @@ import type { Request, Response } from 'express';
 import type { RegisteredChannel } from '../channels/registry';
 import { callHook } from '../hooks';
 import type { ParsedRequest } from '../request/extract';
-import type { RequestRun } from '../retry/distribution';
+import type { RequestRun } from '../run/request-run';
 import type { Runtime } from '../runtime';
 import type { Steps } from '../steps';
-import { ChannelStatus, type StaleReason } from '../types';
+import { ChannelStatus, type AffinityInfo, type StaleReason } from '../types';
 import { matchAffinity } from './key';
 import { pinnedChannel } from './layout';
 
@@ -40,7 +40,7 @@ export function* usePin(rt: Runtime, run: RequestRun, req: Request, res: Respons
   });
   if (!match) return false;
   run.match = match;
-  const info = (run.affinity = { rule: match.rule.name, hit: false, used: false, cleared: false } as NonNullable<RequestRun['affinity']>);
+  const info: AffinityInfo = (run.d.affinity = { rule: match.rule.name, hit: false, used: false, cleared: false });
   const value = (yield rt.guard.readPin(cfg.store, match.key, match.rule.ttlMs)) as string | null;
   // a value this version cannot read is a miss: the next success overwrites it
   const pinned = pinnedChannel(value);
@@ -56,7 +56,7 @@ export function* usePin(rt: Runtime, run: RequestRun, req: Request, res: Respons
   let stale: StaleReason;
   if ('reason' in checked) stale = checked.reason;
   else {
-    if (yield run.trySetup(checked.ch, checked.group)) {
+    if (yield* run.trySetup(checked.ch, checked.group)) {
       info.used = true;
       run.note(`affinity:hit ch=${pinned}`);
       if (cfg.on.affinityHit) callHook(cfg, 'affinityHit', { req, rule: match.rule.name, channelId: pinned, fingerprint: match.fingerprint });

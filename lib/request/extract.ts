@@ -2,7 +2,7 @@
 import type { Request } from 'express';
 import { badRequest } from '../errors';
 import type { ExtractedRequest } from '../types';
-import { isThenable, type Steps } from '../steps';
+import type { Steps } from '../steps';
 import { bodyAlreadyRead, bodyKind, markBodyRead, multipartField, readRaw } from './body';
 
 export interface ParsedRequest {
@@ -122,15 +122,6 @@ function isBlank(buf: Buffer): boolean {
   return true;
 }
 
-/**
- * `parseRequest()` without a generator, for the common case: a body parser already ran and there
- * is no `extractModel`. Undefined when `parseRequest()` must run instead.
- */
-export function parseRequestNow(req: Request, cfg: ParseConfig): ParsedRequest | undefined {
-  if (cfg.extractModel || !bodyAlreadyRead(req)) return undefined;
-  return fromBody(req, pathOf(req), parsedBody(req), undefined);
-}
-
 /** Parses the model and the body group following API.md section 3. Throws 400/413 DistributorErrors. */
 export function* parseRequest(req: Request, cfg: ParseConfig): Steps<ParsedRequest> {
   const path = pathOf(req);
@@ -138,8 +129,7 @@ export function* parseRequest(req: Request, cfg: ParseConfig): Steps<ParsedReque
   if (cfg.extractModel) {
     let model: string | undefined;
     let bodyGroup: string | undefined;
-    const got = cfg.extractModel(req);
-    const out = isThenable(got) ? ((yield got) as Awaited<typeof got>) : got;
+    const out = (yield cfg.extractModel(req)) as string | ExtractedRequest | undefined;
     if (typeof out === 'string') model = out;
     else if (out && typeof out === 'object') {
       if (out.model !== undefined && out.model !== null && typeof out.model !== 'string') throw badRequest('Invalid request: extractModel returned a non-string model');

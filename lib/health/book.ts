@@ -1,61 +1,13 @@
-// Channel health: cooldowns after repeated failures and auto-disable rules, mirrored locally
-// (so selection does no I/O) and shared through the store (push events plus a polling backstop).
-import type { Request } from 'express';
+// Channel health state: cooldowns after repeated failures and auto-disables, mirrored locally (so
+// selection does no I/O) and shared through the store (push events plus a polling backstop). What
+// counts as a failure of the channel is decided in ./attribution.ts.
 import type { ChannelRegistry, RegisteredChannel } from '../channels/registry';
 import type { Config } from '../options';
 import type { HealthSnapshot, StoreEvent } from '../stores/store';
-import { errorText } from '../security/redact';
+import { autoDisableMatches, countsAsFailure, type CallerText } from './attribution';
 import { ChannelStatus, type RetryFailure } from '../types';
 import type { StoreGuard } from '../store-guard';
 import { callHook } from '../hooks';
-
-/**
- * The failure kinds that count against a channel's health: no status (connection
- * refused, timeout), 429, or a 5xx other than 501 and 505 (which say the request asked for
- * something the upstream does not do). Every other 4xx is the caller's and never counts; 401/403
- * may only auto-disable, through `autoDisable`.
- */
-export function countsAsFailure(status: number | undefined): boolean {
-  if (status === undefined) return true;
-  if (status === 429) return true;
-  return status >= 500 && status < 600 && status !== 501 && status !== 505;
-}
-
-/**
- * What the caller sent that an upstream could echo back in an error message: the raw body (and
- * the parsed body, which undoes JSON escapes such as \u0020), the path and query, and every header
- * value. Lower-cased; built only when an auto-disable keyword matched an upstream message.
- */
-export type CallerText = () => string;
-
-/** The lower-cased text of everything a caller sent (see `CallerText`). */
-export function callerTextOf(req: Request): string {
-  const parts: string[] = [];
-  const raw = req.rawBody;
-  if (raw && raw.length) parts.push(raw.toString('utf8'));
-  const body: unknown = req.body;
-  if (typeof body === 'string') parts.push(body);
-  else if (body !== null && typeof body === 'object' && !Buffer.isBuffer(body)) {
-    try {
-      parts.push(JSON.stringify(body));
-    } catch {
-      /* a cyclic body a user middleware built: the raw text above has to do */
-    }
-  }
-  // the path too: a catch-all route forwards it, and an upstream may quote it back
-  const url = req.originalUrl ?? req.url ?? '';
-  parts.push(url);
-  try {
-    parts.push(decodeURIComponent(url.replace(/\+/g, ' ')));
-  } catch {
-    /* malformed escapes: the raw URL above is what the upstream saw */
-  }
-  for (const [, v] of Object.entries(req.headers)) {
-    if (typeof v === 'string') parts.push(v);
-    else if (Array.isArray(v)) parts.push(...v);
-  }
-  return parts.join('\n').toLowerCase();
-}
 
 export class HealthBook {
   private cooldowns = new Map<number, number>();
@@ -341,7 +293,7 @@ export class HealthBook {
    */
   async recordFailure(ch: RegisteredChannel, keyIndex: number | undefined, failure: RetryFailure, callerText?: CallerText): Promise<void> {
     const { cooldown, autoDisable } = this.cfg.health;
-    if (autoDisable && ch.autoBan && callerText && this.shouldDisable(failure, callerText)) this.disable(ch, keyIndex);
+    if (autoDisable && ch.autoBan && callerText && autoDisableMatches(autoDisable, failure, callerText)) this.disable(ch, keyIndex);
     if (cooldown && countsAsFailure(failure.status)) {
       const now = Date.now();
       this.recentFailures.set(ch.id, now);
@@ -377,28 +329,6 @@ export class HealthBook {
     if (++f.count < policy.failures) return null;
     this.localFailures.delete(id);
     return now + policy.durationMs;
-  }
-
-  /**
-   * An auto-disable rule matches: a listed status (401/403 only), or a keyword in the upstream's
-   * message that does not occur in the caller's own request. An upstream that echoes the caller's
-   * input ("Invalid value for reasoning_effort: 'Permission denied'") must not let one caller
-   * switch a channel off for everyone.
-   */
-  private shouldDisable(failure: RetryFailure, callerText: CallerText): boolean {
-    const ad = this.cfg.health.autoDisable;
-    if (!ad) return false;
-    if (failure.status !== undefined && ad.statusCodes.has(failure.status)) return true;
-    if (ad.keywords.length === 0 || failure.error === undefined || failure.error === null) return false;
-    const text = errorText(failure.error, '').toLowerCase();
-    if (!text) return false;
-    let sent: string | undefined;
-    for (const k of ad.keywords) {
-      if (!text.includes(k)) continue;
-      sent ??= callerText();
-      if (!sent.includes(k)) return true;
-    }
-    return false;
   }
 
   private disable(ch: RegisteredChannel, keyIndex: number | undefined): void {

@@ -1,0 +1,355 @@
+// One request's state and lifecycle: the channel it holds, what it tried, its attempts and trace,
+// its signal, and the two moments that end an attempt or the request (an upstream failure, the
+// response finishing). Every decision is asked of the module named after it:
+//   which channel next     -> selection/next.ts (and selection/fallback.ts for the setup loop)
+//   may it retry           -> retry/decide.ts
+//   what counts against it -> health/attribution.ts
+//   what becomes of the pin-> affinity/policy.ts
+//   what is redacted       -> security/redact.ts
+import type { Request, Response } from 'express';
+import type { AffinityMatch } from '../affinity/key';
+import { pinValue } from '../affinity/layout';
+import { decidePin } from '../affinity/policy';
+import { NoEnabledKeyError } from '../channels/multi-key';
+import type { RegisteredChannel } from '../channels/registry';
+import { observerView, viewWithKey } from '../channels/views';
+import { DistributorError } from '../errors';
+import { callerTextOf, countsUnreported } from '../health/attribution';
+import { callHook } from '../hooks';
+import { budgetAllows, mayWaitForRetryAfter, retryRefusal } from '../retry/decide';
+import { isRetryable } from '../retry/status-ranges';
+import type { Runtime } from '../runtime';
+import { callerCredentials, errorText, redact } from '../security/redact';
+import { selectWithFallback } from '../selection/fallback';
+import { retryGroups, retryStartTier } from '../selection/next';
+import { driveToPromise, type Steps } from '../steps';
+import { TRACE_HEADER, traceHeaderValue } from '../trace';
+import { ChannelStatus, type AffinityInfo, type Channel, type RequestContext, type RetryFailure, type StopReason } from '../types';
+import { DistributionRecord, type RunHandle } from './distribution';
+
+function clientGoneReason(): Error {
+  const e = new Error('The client closed the connection before the response finished');
+  e.name = 'AbortError';
+  return e;
+}
+
+export class RequestRun implements RunHandle {
+  /** `res.locals.distribution`: the public record this run keeps up to date. */
+  readonly d: DistributionRecord;
+  /** The deciding affinity rule and key, when a rule matched. */
+  match?: AffinityMatch;
+  /** More values to keep out of messages (the affinity value of a request that did no lookup). */
+  secrets?: string[];
+  /** The channel id the pin pointed to, when there was a pin. */
+  pinnedId?: number;
+  /** The pin's value as read (compare-and-delete clears exactly that). */
+  pinnedValue?: string;
+  /** The pinned channel failed with a retryable status. */
+  pinFailed = false;
+  /** The channel the request holds now. */
+  current?: RegisteredChannel;
+  /** The last group selection looked at (named in the 503 of an `auto` request). */
+  lastGroup?: string;
+  private currentKeyIndex?: number;
+  private firstChosen?: number;
+  private upstreamRetries = 0;
+  /** Upstream attempts made in the current `selectedGroup` ('descend' restarts at tier 0 in a new group). */
+  private groupUpstream = 0;
+  private toldFailure = false;
+  private finished = false;
+  private retrying = false;
+  private lastSetupError?: string;
+  private wake?: () => void;
+  private inflight?: Promise<Channel | null>;
+  private abort?: AbortController;
+  /** The client left before the response finished (the signal is aborted when created). */
+  private clientGone = false;
+
+  constructor(
+    readonly rt: Runtime,
+    readonly req: Request,
+    readonly res: Response,
+    readonly ctx: RequestContext,
+    model: string,
+    group: string,
+    /** Concrete groups to walk, in order. */
+    readonly groups: string[],
+    /** The request named its channel (an admin pin). */
+    readonly specific: boolean,
+  ) {
+    this.d = new DistributionRecord(this, model, group);
+  }
+
+  get model(): string {
+    return this.d.model;
+  }
+
+  get group(): string {
+    return this.d.group;
+  }
+
+  get affinity(): AffinityInfo | undefined {
+    return this.d.affinity;
+  }
+
+  /** Aborted when the client goes before the response finished; created on first use. */
+  signal(): AbortSignal {
+    if (!this.abort) {
+      this.abort = new AbortController();
+      if (this.clientGone) this.abort.abort(clientGoneReason());
+    }
+    return this.abort.signal;
+  }
+
+  // ---- records ------------------------------------------------------------------------------
+
+  /** Marks a channel as tried (it is never picked again in this request). */
+  markTried(id: number): void {
+    const d = this.d;
+    // `tried` stays short (attempts are bounded), so a scan beats a Set per request
+    if (d.tried.length === 0) d.tried = [id]; // exact size: `push` on [] allocates room for 16
+    else if (!d.tried.includes(id)) d.tried.push(id);
+  }
+
+  /** Appends a step to `trace` (a new array holds exactly its first step). */
+  note(step: string): void {
+    const d = this.d;
+    if (d.trace.length === 0) d.trace = [step];
+    else d.trace.push(step);
+  }
+
+  /** The channel observers see (hooks): the current one, without its key. */
+  observedChannel(): Channel {
+    return observerView(this.current as RegisteredChannel, this.currentKeyIndex ?? -1);
+  }
+
+  /** The caller's values to keep out of any text: credentials (headers, `?key=`) and affinity values. */
+  callerSecrets(): string[] {
+    const out = callerCredentials(this.req.headers, this.req.originalUrl ?? this.req.url);
+    if (this.match) out.push(this.match.rawValue);
+    if (this.secrets) out.push(...this.secrets);
+    return out;
+  }
+
+  /** A message without channel keys, the caller's credentials or its affinity value. */
+  redact(message: string, ch?: RegisteredChannel): string {
+    return redact(message, ch ? ch.keys : [], this.callerSecrets());
+  }
+
+  // ---- setup --------------------------------------------------------------------------------
+
+  /**
+   * Sets a channel up (key choice, then `options.setup`, which may return a promise: the driver
+   * waits for it). On success it becomes the current channel and `res.locals.channel`; on
+   * failure the attempt is recorded and false returned.
+   */
+  *trySetup(ch: RegisteredChannel, group: string): Steps<boolean> {
+    this.markTried(ch.id);
+    let view: Channel;
+    let keyIndex: number | undefined;
+    try {
+      const index = this.rt.keys.pick(ch);
+      keyIndex = index < 0 ? undefined : index;
+      view = viewWithKey(ch, index);
+      const setup = this.rt.cfg.setup;
+      if (setup) yield setup(view, this.req, this.res);
+    } catch (e) {
+      return this.setupFailed(ch, e);
+    }
+    return this.setupDone(ch, group, view, keyIndex);
+  }
+
+  private setupDone(ch: RegisteredChannel, group: string, view: Channel, keyIndex: number | undefined): true {
+    const d = this.d;
+    this.current = ch;
+    this.currentKeyIndex = keyIndex;
+    this.firstChosen ??= ch.id;
+    if (group !== d.selectedGroup) this.groupUpstream = 0;
+    d.selectedGroup = group;
+    d.selected = true;
+    this.toldFailure = false;
+    this.res.locals.channel = view;
+    return true;
+  }
+
+  private setupFailed(ch: RegisteredChannel, e: unknown): false {
+    const reason = this.redact(e instanceof NoEnabledKeyError ? e.message : errorText(e, 'setup failed'), ch);
+    this.lastSetupError = reason;
+    this.d.attempts.push({ channelId: ch.id, phase: 'setup', reason });
+    this.note(`setup_failed ch=${ch.id}`);
+    callHook(this.rt.cfg, 'fallback', { req: this.req, channelId: ch.id, error: reason });
+    this.rt.cfg.logger.warn('channel setup failed, falling back', { channelId: ch.id, error: reason });
+    return false;
+  }
+
+  /** The 503 for a request that found no channel that sets up. */
+  noChannelError(): DistributorError {
+    const { model, group } = this.d;
+    const shown = group === 'auto' ? `auto(${this.lastGroup ?? this.groups[this.groups.length - 1] ?? ''})` : group;
+    const base = `No available channel for model ${model} under group ${shown}`;
+    if (group === 'auto' && this.groups.length === 0) return new DistributorError('model_not_found', `${base}: auto groups is not enabled`, 503);
+    return new DistributorError('model_not_found', this.lastSetupError ? `${base}; last setup error: ${this.lastSetupError}` : base, 503);
+  }
+
+  // ---- an upstream failure ------------------------------------------------------------------
+
+  private stop(reason: StopReason, status?: number): null {
+    this.d.stopReason = reason;
+    this.note(`stop:${reason}`);
+    callHook(this.rt.cfg, 'exhausted', { req: this.req, reason, tried: [...this.d.tried], status });
+    if (this.rt.debug) this.rt.cfg.logger.debug?.('retry stopped', { reason, tried: this.d.tried, status });
+    return null;
+  }
+
+  /**
+   * Records an upstream failure of the current channel: the attempt, health, and whether the pin
+   * must go. Returns undefined when this attempt's failure was already recorded.
+   */
+  private async noteFailure(cur: RegisteredChannel, failure: RetryFailure): Promise<{ status?: number; retryable: boolean } | undefined> {
+    if (this.toldFailure) return undefined;
+    const status = typeof failure.status === 'number' ? failure.status : undefined;
+    const reason = failure.error !== undefined ? this.redact(errorText(failure.error, 'upstream failed'), cur).slice(0, 200) : undefined;
+    this.d.attempts.push({ channelId: cur.id, phase: 'upstream', status, reason });
+    this.note(`upstream ${status ?? 'error'} ch=${cur.id}`);
+    this.toldFailure = true;
+    this.groupUpstream++;
+    const retryable = isRetryable(this.rt.cfg.retry.statusTable, status);
+    if (retryable && this.d.affinity?.used && cur.id === this.pinnedId) this.pinFailed = true;
+    await this.rt.health.recordFailure(cur, this.currentKeyIndex, { ...failure, status }, () => callerTextOf(this.req));
+    return { status, retryable };
+  }
+
+  /**
+   * A failure of the current channel that must not be retried (a stream cut after the commit
+   * point): the attempt, health and pin clearing are recorded, no channel is picked. Calling it
+   * (or `retry()`) again for the same attempt records nothing more.
+   */
+  fail(failure: RetryFailure): Promise<void> {
+    const cur = this.current;
+    if (!cur || this.finished) return Promise.resolve();
+    return this.noteFailure(cur, failure).then(() => undefined);
+  }
+
+  /** The relay's retry(): overlapping calls for the same failure share one decision. */
+  retry(failure: RetryFailure): Promise<Channel | null> {
+    if (this.inflight) return this.inflight;
+    const p = this.doRetry(failure);
+    this.inflight = p;
+    const clear = () => {
+      if (this.inflight === p) this.inflight = undefined;
+    };
+    p.then(clear, clear);
+    return p;
+  }
+
+  private async doRetry(failure: RetryFailure): Promise<Channel | null> {
+    const { cfg, counters } = this.rt;
+    const cur = this.current;
+    if (!cur || this.finished) return this.stop('no_channel', failure.status);
+    const noted = await this.noteFailure(cur, failure);
+    // already reported (a second retry() or fail() for the same attempt): same answer, no new record
+    if (!noted) return this.d.stopReason ? null : this.stop('no_channel', failure.status);
+    const { status, retryable } = noted;
+    const refused = retryRefusal({
+      specific: this.specific,
+      retryable,
+      skipRule: !!this.d.affinity?.used && !!this.match?.rule.skipRetryOnFailure,
+      retriesMade: this.upstreamRetries,
+    }, cfg);
+    if (refused) return this.stop(refused, status);
+    // The response finished while the failure was being recorded: finalize() already ran, so a
+    // budget claimed now would never be released (and no one is left to serve).
+    if (this.finished) return this.stop('no_channel', status);
+    const claimsBudget = !this.retrying;
+    if (claimsBudget) {
+      if (!budgetAllows(cfg, counters)) return this.stop('budget', status);
+      // claimed before any await, so concurrent retries cannot all pass the budget check
+      this.retrying = true;
+      counters.retrying++;
+    }
+    const groups = retryGroups(this.d.group, this.groups, this.d.selectedGroup, this.ctx);
+    const from = cur.id;
+    // Setup failures here are bounded by the channel count (each channel is tried once).
+    let ok = await driveToPromise(selectWithFallback(this, Number.MAX_SAFE_INTEGER, 'retry', groups, retryStartTier(this.rt, this.groupUpstream)));
+    if (!ok && mayWaitForRetryAfter(cfg, failure.retryAfterMs, () => this.stillServes(cur))) {
+      // the wait ends early when the client goes away (finalize wakes it)
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, failure.retryAfterMs);
+        this.wake = () => {
+          clearTimeout(t);
+          resolve();
+        };
+      });
+      this.wake = undefined;
+      this.note(`wait ${failure.retryAfterMs}ms ch=${cur.id}`);
+      ok = this.current === cur && !this.finished;
+      if (ok) this.toldFailure = false;
+    }
+    if (!ok) {
+      if (claimsBudget && !this.finished) {
+        this.retrying = false;
+        counters.retrying--;
+      }
+      return this.stop('no_channel', status);
+    }
+    this.upstreamRetries++;
+    const next = this.res.locals.channel as Channel;
+    callHook(cfg, 'retry', { req: this.req, from, to: next.id, status, attempt: this.upstreamRetries });
+    if (cfg.traceHeader && !this.res.headersSent) this.res.setHeader(TRACE_HEADER, traceHeaderValue(this.d.trace));
+    return next;
+  }
+
+  /** Can the failed channel still serve this request (for a Retry-After wait on it)? */
+  private stillServes(cur: RegisteredChannel): boolean {
+    const { registry, health } = this.rt;
+    if (cur.status !== ChannelStatus.Enabled || health.isCooling(cur.id)) return false;
+    return this.groups.some((g) => registry.serves(cur.id, g, this.d.model));
+  }
+
+  // ---- the response is done -----------------------------------------------------------------
+
+  /** Called once when the response finishes (or the connection closes first). */
+  finalize(finished: boolean): void {
+    if (this.finished) return;
+    this.finished = true;
+    if (!finished) {
+      this.clientGone = true;
+      this.abort?.abort(clientGoneReason());
+    }
+    const { counters, cfg, guard, health } = this.rt;
+    counters.active--;
+    if (this.retrying) counters.retrying--;
+    this.wake?.();
+    const cur = this.current;
+    if (!cur) return;
+    const status = this.res.statusCode;
+    // A last attempt reported as failed (retry() gave up, or fail() after the commit point) is a
+    // failure even when the wire status, already sent, says 200.
+    const success = finished && status < 400 && !this.toldFailure;
+    if (success) health.recordSuccess(cur);
+    // A response that finished with a failure status, or was cut after its headers with one (a
+    // relay marking a broken stream), without a report: the attempt is recorded and a used pin
+    // that failed is cleared, but health only hears of it with `health.countUnreported`: the
+    // status may be the gateway's own (a 404 route, its own user check, its body limit).
+    else if ((finished || (this.res.headersSent && status >= 500)) && !this.toldFailure) {
+      if (isRetryable(cfg.retry.statusTable, status) && this.d.affinity?.used && cur.id === this.pinnedId) this.pinFailed = true;
+      this.d.attempts.push({ channelId: cur.id, phase: 'upstream', status });
+      if (countsUnreported(cfg, status)) void health.recordFailure(cur, this.currentKeyIndex, { status });
+    }
+    const match = this.match;
+    const info = this.d.affinity;
+    if (!match || !info) return;
+    const action = decidePin(
+      { success, hit: info.hit, used: info.used, cleared: info.cleared, pinFailed: this.pinFailed, servedPinned: cur.id === this.pinnedId },
+      cfg.affinity,
+    );
+    if (action === 'clear') {
+      const pinned = this.pinnedValue as string;
+      void guard.run('clearPin', () => cfg.store.clearPin(match.key, pinned), false);
+      if (!success) info.cleared = true;
+    } else if (action !== 'none') {
+      const target = action === 'write-served' ? cur.id : this.firstChosen ?? cur.id;
+      void guard.run('setPin', () => cfg.store.setPin(match.key, pinValue(target), match.rule.ttlMs), undefined);
+    }
+  }
+}
