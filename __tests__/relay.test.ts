@@ -491,7 +491,7 @@ describe('helpers', () => {
   });
 
   test('parseRetryAfter: ms headers, seconds, HTTP dates, junk', async () => {
-    const { parseRetryAfter } = await import('../lib/relay/headers');
+    const { parseRetryAfter } = await import('../lib/relay/retry-after');
     const now = Date.parse('2026-01-01T00:00:00Z');
     expect(parseRetryAfter({ 'retry-after-ms': '250', 'retry-after': '9' }, now)).toBe(250);
     expect(parseRetryAfter({ 'retry-after': '2' }, now)).toBe(2000);

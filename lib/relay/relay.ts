@@ -16,10 +16,11 @@ import { Agent, type Dispatcher } from 'undici';
 import { bodyKind, parsedFromRaw } from '../request/body';
 import { redact, requestSecrets } from '../security/redact';
 import type { Channel, Distribution } from '../types';
-import { compileForwardHeaders, forwardRequestHeaders, forwardResponseHeaders, parseRetryAfter, withoutKey, type HeaderAllowlist, type RelayHeaders } from './headers';
+import { compileForwardHeaders, forwardRequestHeaders, forwardResponseHeaders, withoutKey, type HeaderAllowlist, type RelayHeaders } from '../security/headers';
+import { parseRetryAfter } from './retry-after';
 import { refusedTarget, unsafePath, upstreamBase, upstreamPath, withoutKeyParam, type UpstreamBase } from './target';
 
-export type { RelayHeaders } from './headers';
+export type { RelayHeaders } from '../security/headers';
 
 /**
  * Codes of the errors relay() itself answers with: `{ error: { message, type: 'upstream_error', code } }`,

@@ -1,8 +1,8 @@
-// Header handling for relay(): which caller headers are forwarded upstream (an allowlist), what
-// is passed back to the client (never the channel key), and Retry-After parsing. Redaction itself
-// lives in lib/security/redact.ts.
+// The header policy of relay(): which caller headers go upstream (an allowlist: no credentials,
+// cookies, account selectors or hop-by-hop headers unless named) and what comes back to the
+// caller (never the channel key). Part of the trust boundary, next to redaction (./redact.ts).
 import type { IncomingHttpHeaders } from 'node:http';
-import { redact } from '../security/redact';
+import { redact } from './redact';
 
 /** Outgoing request headers as relay() hands them to undici and to the `headers` hook. */
 export type RelayHeaders = Record<string, string | string[]>;
@@ -161,26 +161,4 @@ export function forwardResponseHeaders(upstream: Record<string, string | string[
     else out[name] = v.map((s) => (containsAny(s, forms) ? redact(s, forms) : s));
   }
   return out;
-}
-
-function first(v: string | string[] | undefined): string | undefined {
-  return Array.isArray(v) ? v[0] : v;
-}
-
-/**
- * The upstream's retry hint in ms: `retry-after-ms` (OpenAI, Azure), `x-ms-retry-after-ms`, then
- * `Retry-After` as delta-seconds or an HTTP date. Undefined when absent or unparseable.
- */
-export function parseRetryAfter(headers: Record<string, string | string[] | undefined>, now = Date.now()): number | undefined {
-  const ms = first(headers['retry-after-ms']) ?? first(headers['x-ms-retry-after-ms']);
-  if (ms !== undefined && ms.trim() !== '') {
-    const n = Number(ms);
-    if (Number.isFinite(n) && n >= 0) return Math.ceil(n);
-  }
-  const ra = first(headers['retry-after'])?.trim();
-  if (!ra) return undefined;
-  if (/^\d+(\.\d+)?$/.test(ra)) return Math.ceil(Number(ra) * 1000);
-  const at = Date.parse(ra);
-  if (Number.isNaN(at)) return undefined;
-  return Math.max(0, at - now);
 }
