@@ -2,6 +2,7 @@
 import type { NextFunction, Request, Response } from 'express';
 import { compileRules, defaultAffinityRules, type CompiledRule } from './affinity/rules';
 import { ChannelRegistry } from './channels/registry';
+import { booleanOption, integerAtLeast, positiveNumber } from './check';
 import { configError, type DistributorError } from './errors';
 import { createDefaultLogger } from './logging/logger';
 import { parseBytes } from './request/body';
@@ -123,24 +124,6 @@ function fn<T>(name: string, v: T | undefined): T | undefined {
   return v;
 }
 
-function nonNegInt(name: string, v: unknown, def: number): number {
-  if (v === undefined) return def;
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0) throw configError(`${name} must be an integer >= 0`);
-  return v;
-}
-
-function positive(name: string, v: unknown, def: number): number {
-  if (v === undefined) return def;
-  if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) throw configError(`${name} must be a number > 0`);
-  return v;
-}
-
-function bool(name: string, v: unknown, def: boolean): boolean {
-  if (v === undefined) return def;
-  if (typeof v !== 'boolean') throw configError(`${name} must be a boolean`);
-  return v;
-}
-
 function isStore(s: unknown): s is Store {
   if (!s || typeof s !== 'object') return false;
   const o = s as Record<string, unknown>;
@@ -172,7 +155,7 @@ export function resolveOptions(options: DistributorOptions): Config {
   }
   const aff = o.affinity ?? {};
   if (typeof aff !== 'object') throw configError('options.affinity must be an object');
-  const defaultTtlSeconds = positive('affinity.defaultTtlSeconds', aff.defaultTtlSeconds, 3600);
+  const defaultTtlSeconds = positiveNumber(configError, 'affinity.defaultTtlSeconds', aff.defaultTtlSeconds, 3600);
   const retry = o.retry ?? {};
   if (typeof retry !== 'object') throw configError('options.retry must be an object');
   if (retry.tierStrategy !== undefined && retry.tierStrategy !== 'restart' && retry.tierStrategy !== 'descend') {
@@ -182,8 +165,8 @@ export function resolveOptions(options: DistributorOptions): Config {
   if (retry.budget !== undefined) {
     if (!retry.budget || typeof retry.budget !== 'object') throw configError('retry.budget must be an object');
     budget = {
-      percent: positive('retry.budget.percent', retry.budget.percent, 20),
-      minConcurrent: nonNegInt('retry.budget.minConcurrent', retry.budget.minConcurrent, 3),
+      percent: positiveNumber(configError, 'retry.budget.percent', retry.budget.percent, 20),
+      minConcurrent: integerAtLeast(configError, 'retry.budget.minConcurrent', retry.budget.minConcurrent, 3, 0),
     };
   }
   const health = o.health ?? {};
@@ -192,9 +175,9 @@ export function resolveOptions(options: DistributorOptions): Config {
   if (health.cooldown !== undefined) {
     if (!health.cooldown || typeof health.cooldown !== 'object') throw configError('health.cooldown must be an object');
     cooldown = {
-      failures: positive('health.cooldown.failures', health.cooldown.failures, 3),
-      windowMs: positive('health.cooldown.windowMs', health.cooldown.windowMs, 60_000),
-      durationMs: positive('health.cooldown.durationMs', health.cooldown.durationMs, 30_000),
+      failures: positiveNumber(configError, 'health.cooldown.failures', health.cooldown.failures, 3),
+      windowMs: positiveNumber(configError, 'health.cooldown.windowMs', health.cooldown.windowMs, 60_000),
+      durationMs: positiveNumber(configError, 'health.cooldown.durationMs', health.cooldown.durationMs, 30_000),
     };
   }
   let autoDisable: Config['health']['autoDisable'];
@@ -224,7 +207,7 @@ export function resolveOptions(options: DistributorOptions): Config {
     if (!health.probe || typeof health.probe !== 'object' || typeof health.probe.check !== 'function') {
       throw configError('health.probe must be { check(channel) => boolean | Promise<boolean>, intervalMs? }');
     }
-    probe = { intervalMs: positive('health.probe.intervalMs', health.probe.intervalMs, 60_000), check: health.probe.check };
+    probe = { intervalMs: positiveNumber(configError, 'health.probe.intervalMs', health.probe.intervalMs, 60_000), check: health.probe.check };
   }
   const logger = o.logger ?? createDefaultLogger();
   if (typeof logger.warn !== 'function' || typeof logger.error !== 'function') throw configError('options.logger must have warn() and error()');
@@ -238,33 +221,33 @@ export function resolveOptions(options: DistributorOptions): Config {
     context: fn('options.context', o.context) ?? defaultContext,
     extractModel: fn('options.extractModel', o.extractModel),
     shouldSelect: fn('options.shouldSelect', o.shouldSelect),
-    allowBodyGroup: bool('options.allowBodyGroup', o.allowBodyGroup, false),
+    allowBodyGroup: booleanOption(configError, 'options.allowBodyGroup', o.allowBodyGroup, false),
     usableGroups: fn('options.usableGroups', o.usableGroups),
     autoGroups: o.autoGroups ? [...o.autoGroups] : ['default'],
     bodyLimit,
-    multipart: bool('options.multipart', o.multipart, false),
+    multipart: booleanOption(configError, 'options.multipart', o.multipart, false),
     setup: fn('options.setup', o.setup),
     affinity: {
-      enabled: bool('affinity.enabled', aff.enabled, true),
+      enabled: booleanOption(configError, 'affinity.enabled', aff.enabled, true),
       rules: compileRules(aff.rules ?? defaultAffinityRules(), defaultTtlSeconds),
-      switchOnSuccess: bool('affinity.switchOnSuccess', aff.switchOnSuccess, true),
-      keepOnChannelDisabled: bool('affinity.keepOnChannelDisabled', aff.keepOnChannelDisabled, false),
-      clearOnFailure: bool('affinity.clearOnFailure', aff.clearOnFailure, true),
+      switchOnSuccess: booleanOption(configError, 'affinity.switchOnSuccess', aff.switchOnSuccess, true),
+      keepOnChannelDisabled: booleanOption(configError, 'affinity.keepOnChannelDisabled', aff.keepOnChannelDisabled, false),
+      clearOnFailure: booleanOption(configError, 'affinity.clearOnFailure', aff.clearOnFailure, true),
       defaultTtlMs: defaultTtlSeconds * 1000,
     },
     retry: {
-      times: nonNegInt('retry.times', retry.times, 2),
+      times: integerAtLeast(configError, 'retry.times', retry.times, 2, 0),
       statusTable: parseStatusRanges(retry.statusCodes ?? DEFAULT_RETRY_STATUS),
       tierStrategy: retry.tierStrategy ?? 'restart',
       budget,
-      maxRetryAfterMs: nonNegInt('retry.maxRetryAfterMs', retry.maxRetryAfterMs, 0),
+      maxRetryAfterMs: integerAtLeast(configError, 'retry.maxRetryAfterMs', retry.maxRetryAfterMs, 0, 0),
     },
-    health: { cooldown, autoDisable, probe, countUnreported: bool('health.countUnreported', health.countUnreported, false) },
+    health: { cooldown, autoDisable, probe, countUnreported: booleanOption(configError, 'health.countUnreported', health.countUnreported, false) },
     random: fn('options.random', o.random) ?? Math.random,
     logger,
     on: o.on ?? {},
     onError: fn('options.onError', o.onError),
-    traceHeader: bool('options.traceHeader', o.traceHeader, false),
-    syncIntervalMs: positive('options.syncIntervalMs', o.syncIntervalMs, 1000),
+    traceHeader: booleanOption(configError, 'options.traceHeader', o.traceHeader, false),
+    syncIntervalMs: positiveNumber(configError, 'options.syncIntervalMs', o.syncIntervalMs, 1000),
   };
 }

@@ -1,5 +1,6 @@
 // Once-only misconfiguration warnings (express-rate-limit style): each has a code, can be
 // switched off by name, runs once per process and subject, and never breaks a request.
+import { isPlainObject } from './check';
 import cluster from 'node:cluster';
 import type { ChannelRegistry } from './channels/registry';
 import { KNOWN_OPTIONS, type Config, type DistributorOptions } from './options';
@@ -81,10 +82,6 @@ export function didYouMean(name: string, known: readonly string[]): string | und
 }
 
 type Warn = (name: ValidationName, subject: string, message: string) => void;
-
-function isPlainObject(v: unknown): v is Record<string, unknown> {
-  return !!v && typeof v === 'object' && !Array.isArray(v);
-}
 
 function unknownKeys(warn: Warn, path: string, value: unknown, known: object): void {
   if (!isPlainObject(value)) return;

@@ -18,6 +18,7 @@ import { redact, requestSecrets } from '../security/redact';
 import type { Channel, Distribution } from '../types';
 import { compileForwardHeaders, forwardRequestHeaders, forwardResponseHeaders, withoutKey, type HeaderAllowlist, type RelayHeaders } from '../security/headers';
 import { parseRetryAfter } from './retry-after';
+import { positiveNumber } from '../check';
 import { refusedTarget, unsafePath, upstreamBase, upstreamPath, withoutKeyParam, type UpstreamBase } from './target';
 
 export type { RelayHeaders } from '../security/headers';
@@ -170,12 +171,6 @@ function relayErrorBody(message: string, code: RelayErrorCode | string): string 
   return JSON.stringify({ error: { message, type: 'upstream_error', code } });
 }
 
-function positive(name: string, v: number | undefined, def: number): number {
-  if (v === undefined) return def;
-  if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) throw new TypeError(`relay(): ${name} must be a positive number`);
-  return v;
-}
-
 function hasBody(req: Request): boolean {
   if (req.headers['transfer-encoding'] !== undefined) return true;
   const cl = req.headers['content-length'];
@@ -321,7 +316,7 @@ function sseBoundary(buf: Buffer): number {
   return 0;
 }
 
-function callHook(o: Resolved, e: RelayUpstreamError): void {
+function reportUpstreamError(o: Resolved, e: RelayUpstreamError): void {
   if (!o.onUpstreamError) return;
   try {
     o.onUpstreamError(e);
@@ -413,7 +408,7 @@ function pump(up: Dispatcher.ResponseData, res: Response, st: RunState, o: Resol
         return;
       }
       const message = f.code === 'upstream_timeout' ? `${f.message}; the response is incomplete` : 'Upstream stream was interrupted; the response is incomplete';
-      callHook(o, { req, channelId: channel.id, attempt, code: 'stream_interrupted', message, committed: true });
+      reportUpstreamError(o, { req, channelId: channel.id, attempt, code: 'stream_interrupted', message, committed: true });
       // The wire status is already sent: report the failure to the distributor (health, pin
       // clearing; no retry after the commit point) and mark it for access logs.
       void (res.locals.distribution as Distribution | undefined)?.fail({ error: message });
@@ -575,7 +570,7 @@ async function relayRequest(req: Request, res: Response, o: Resolved): Promise<v
       return;
     }
     if (!f || f.committed || st.clientGone) return;
-    callHook(o, { req, channelId: channel.id, attempt, status: f.status, code: f.code, message: f.message, retryAfterMs: f.retryAfterMs, committed: false });
+    reportUpstreamError(o, { req, channelId: channel.id, attempt, status: f.status, code: f.code, message: f.message, retryAfterMs: f.retryAfterMs, committed: false });
     // A streamed request body was consumed by the first attempt and cannot be replayed.
     const next: Channel | null = out.stream ? null : await dist.retry({ status: f.status, error: f.message, retryAfterMs: f.retryAfterMs });
     if (st.clientGone) return;
@@ -595,11 +590,14 @@ async function relayRequest(req: Request, res: Response, o: Resolved): Promise<v
  * app.use('/v1', auth, distributor({ channels }));
  * app.post(['/v1/chat/completions', '/v1/responses'], forward);
  */
+/** relay()'s option errors: TypeErrors naming relay(). */
+const refuse = (message: string) => new TypeError(`relay(): ${message}`);
+
 export function relay(options: RelayOptions = {}): RelayHandler {
-  const timeoutMs = positive('timeoutMs', options.timeoutMs, 120_000);
-  const bodyTimeoutMs = positive('bodyTimeoutMs', options.bodyTimeoutMs, 120_000);
-  const errorBodyLimit = positive('errorBodyLimit', options.errorBodyLimit, 65_536);
-  const connectTimeoutMs = positive('connectTimeoutMs', options.connectTimeoutMs, 10_000);
+  const timeoutMs = positiveNumber(refuse, 'timeoutMs', options.timeoutMs, 120_000);
+  const bodyTimeoutMs = positiveNumber(refuse, 'bodyTimeoutMs', options.bodyTimeoutMs, 120_000);
+  const errorBodyLimit = positiveNumber(refuse, 'errorBodyLimit', options.errorBodyLimit, 65_536);
+  const connectTimeoutMs = positiveNumber(refuse, 'connectTimeoutMs', options.connectTimeoutMs, 10_000);
   const allow = compileForwardHeaders(options.forwardHeaders);
   // keep-alive pool per origin; idle sockets live 30 s unless the upstream's Keep-Alive says less
   const ownAgent = options.dispatcher ? undefined : new Agent({ keepAliveTimeout: 30_000, keepAliveMaxTimeout: 600_000, connect: { timeout: connectTimeoutMs } });

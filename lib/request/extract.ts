@@ -1,4 +1,5 @@
 // Request parsing: the model and body group, from the body, the path and the query.
+import { isPlainObject } from '../check';
 import type { Request } from 'express';
 import { badRequest } from '../errors';
 import type { ExtractedRequest } from '../types';
@@ -39,10 +40,6 @@ const DEFAULT_MODELS: Array<[string, string]> = [
   ['/v1/audio/transcriptions', 'whisper-1'],
   ['/v1/audio/translations', 'whisper-1'],
 ];
-
-function isPlainObject(v: unknown): v is Record<string, unknown> {
-  return v !== null && typeof v === 'object' && !Array.isArray(v) && !Buffer.isBuffer(v);
-}
 
 function stringField(body: Record<string, unknown> | undefined, field: 'model' | 'group'): string | undefined {
   if (!body || !Object.prototype.hasOwnProperty.call(body, field)) return undefined;

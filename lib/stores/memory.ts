@@ -8,6 +8,7 @@
 import { EventEmitter } from 'node:events';
 import NodeCache from 'node-cache';
 import { performance } from 'node:perf_hooks';
+import { integerAtLeast, nonNegativeNumber } from '../check';
 import { DistributorError } from '../errors';
 import type { ChannelStatus } from '../types';
 import type { CooldownPolicy, HealthSnapshot, Store, StoreEvent } from './store';
@@ -94,11 +95,8 @@ export class MemoryStore implements Store {
 
   constructor(options: MemoryStoreOptions = {}) {
     this.prefix = options.prefix ?? 'ecd:';
-    const maxPins = options.maxPins ?? 100_000;
-    if (typeof maxPins !== 'number' || !Number.isSafeInteger(maxPins) || maxPins < 1) throw invalid('maxPins must be an integer >= 1');
-    this.maxPins = maxPins;
-    const period = options.checkPeriodSeconds ?? 60;
-    if (typeof period !== 'number' || !Number.isFinite(period) || period < 0) throw invalid('checkPeriodSeconds must be a non-negative number');
+    this.maxPins = integerAtLeast(invalid, 'maxPins', options.maxPins, 100_000, 1);
+    const period = nonNegativeNumber(invalid, 'checkPeriodSeconds', options.checkPeriodSeconds, 60);
     if (period > 0) {
       this.sweepTimer = setInterval(() => void this.sweep(), period * 1000);
       this.sweepTimer.unref();

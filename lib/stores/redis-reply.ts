@@ -2,6 +2,7 @@
 // numbers (RESP2 or RESP3), ioredis strings/numbers, either may answer Buffers when configured so.
 // The store only issues commands and scripts whose replies are nil, integers, bulk strings or
 // arrays (never maps), so anything else is a TypeError the caller treats as a store error.
+import { errorText } from '../security/redact';
 import { constants } from 'node:os';
 
 /** A reply as text; null for nil. */
@@ -75,11 +76,9 @@ export function replyScan(reply: unknown): { cursor: string; keys: string[] } {
   };
 }
 
-/** The message of a Redis error reply, whatever the client wraps it in. */
+/** The message of a Redis error (reply or transport), whatever the client wraps it in. */
 export function errorMessage(e: unknown): string {
-  if (e instanceof Error) return e.message;
-  if (typeof e === 'string') return e;
-  return String(e);
+  return errorText(e, String(e));
 }
 
 /** Does the error say the script is not in the server's script cache? */

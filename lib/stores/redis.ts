@@ -4,6 +4,7 @@
 // after consecutive transport failures (an error reply such as OOM or READONLY fails one call and
 // never starts it). Pin writes carry their write time, so a late write never replaces a newer pin,
 // and a pin write skipped by the back-off or timed out is retried once when Redis answers again.
+import { integerAtLeast, nonNegativeNumber, positiveNumber } from '../check';
 import { DistributorError } from '../errors';
 import { ChannelStatus } from '../types';
 import {
@@ -122,20 +123,6 @@ function invalid(message: string): DistributorError {
   return new DistributorError('ERR_DIST_INVALID_STORE', `RedisStore: ${message}`);
 }
 
-function positiveInteger(name: string, v: unknown, def: number): number {
-  if (v === undefined) return def;
-  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 1) throw invalid(`${name} must be an integer >= 1`);
-  return v;
-}
-
-function positiveNumber(name: string, v: unknown, def: number, allowZero = false): number {
-  if (v === undefined) return def;
-  if (typeof v !== 'number' || !Number.isFinite(v) || v < 0 || (!allowZero && v === 0)) {
-    throw invalid(`${name} must be a ${allowZero ? 'non-negative' : 'positive'} number of milliseconds`);
-  }
-  return v;
-}
-
 /** Ms left of a pin write's TTL (Infinity for a pin without one). */
 function ttlLeft(w: PinWrite): number {
   if (!(w.ttlMs > 0 && Number.isFinite(w.ttlMs))) return Infinity;
@@ -197,9 +184,9 @@ export class RedisStore implements Store {
     const prefix = options.prefix ?? 'ecd:';
     if (typeof prefix !== 'string') throw invalid('prefix must be a string');
     this.prefix = prefix;
-    this.timeoutMs = positiveNumber('timeoutMs', options.timeoutMs, 200);
-    this.backoffMs = positiveNumber('backoffMs', options.backoffMs, 1000, true);
-    this.failuresBeforeBackoff = positiveInteger('failuresBeforeBackoff', options.failuresBeforeBackoff, 2);
+    this.timeoutMs = positiveNumber(invalid, 'timeoutMs', options.timeoutMs, 200);
+    this.backoffMs = nonNegativeNumber(invalid, 'backoffMs', options.backoffMs, 1000);
+    this.failuresBeforeBackoff = integerAtLeast(invalid, 'failuresBeforeBackoff', options.failuresBeforeBackoff, 2, 1);
     this.onError = options.onError;
 
     const { client, sendCommand, sendCommandCluster, masters } = options;
