@@ -80,7 +80,7 @@ export function distributorMetrics<R extends MetricsRegistry = MetricsRegistry>(
   const retries = counter('retries_total', 'Upstream retries, by the status that caused them (error: no response).', ['status']);
   const exhausted = counter('exhausted_total', 'Requests whose retries stopped, by reason.', ['reason']);
   const storeErrors = counter('store_errors_total', 'Store calls that failed (the distributor degraded instead).', ['operation']);
-  const health = counter('health_events_total', 'Channel health events (cooldown, auto_disabled, key_disabled).', ['channel', 'event']);
+  const health = counter('health_events_total', 'Channel health events (cooldown, auto_disabled, key_disabled, re_enabled).', ['channel', 'event']);
   const decision = (registry.getSingleMetric(`${prefix}decision_duration_seconds`) as PromClient.Histogram<'reason'> | undefined)
     ?? new client.Histogram({
       name: `${prefix}decision_duration_seconds`,

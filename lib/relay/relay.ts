@@ -4,7 +4,7 @@
 // reached the client. After that commit point a failure ends the response visibly: an SSE `error`
 // event for event streams, an aborted response otherwise; never a clean-looking success.
 //
-// Trust boundary (API.md 11.1, docs/relay-security.md): only allowlisted caller headers go
+// Trust boundary (docs/security.md, docs/relay.md): only allowlisted caller headers go
 // upstream, the caller's `key` query parameter does not when the channel has a key, a decoded body
 // loses its `content-encoding`, dot segments and absolute-form targets are refused (400
 // `invalid_path`), the channel key never comes back in response headers or error bodies, and no

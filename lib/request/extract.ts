@@ -119,7 +119,7 @@ function isBlank(buf: Buffer): boolean {
   return true;
 }
 
-/** Parses the model and the body group following API.md section 3. Throws 400/413 DistributorErrors. */
+/** Parses the model and the body group (docs/channels-and-selection.md). Throws 400/413 DistributorErrors. */
 export function* parseRequest(req: Request, cfg: ParseConfig): Steps<ParsedRequest> {
   const path = pathOf(req);
   const { body, multipartModel } = bodyAlreadyRead(req) ? { body: parsedBody(req), multipartModel: undefined } : yield* readBody(req, cfg);
@@ -139,7 +139,7 @@ export function* parseRequest(req: Request, cfg: ParseConfig): Steps<ParsedReque
   return fromBody(req, path, body, multipartModel);
 }
 
-/** The model (body, path, query, path defaults) and the body group, in API.md section 3's order. */
+/** The model (body, path, query, path defaults) and the body group, in that order of precedence. */
 function fromBody(req: Request, path: string, body: Record<string, unknown> | undefined, multipartModel: string | undefined): ParsedRequest {
   let model = multipartModel ?? stringField(body, 'model');
   const bodyGroup = stringField(body, 'group');

@@ -1,5 +1,5 @@
 // The caller's routing: using group, body group override, auto groups, and the token checks
-// (specific channel id and model limits) in the order API.md section 4 fixes.
+// (specific channel id and model limits), in the order docs/channels-and-selection.md gives.
 import { DistributorError } from '../errors';
 import type { Config } from '../options';
 import type { RequestContext } from '../types';
@@ -24,7 +24,7 @@ export function resolveRouting(cfg: Config, raw: RequestContext | undefined, par
     specificChannelId = id;
   }
   let group = typeof ctx.group === 'string' && ctx.group ? ctx.group : 'default';
-  // A specific channel ignores the group (API.md section 4), so a body group cannot forbid it.
+  // A specific channel ignores the group, so a body group cannot forbid it.
   if (specificChannelId === undefined && cfg.allowBodyGroup && parsed.bodyGroup && parsed.bodyGroup !== group) {
     const usable = cfg.usableGroups ? cfg.usableGroups(ctx.userGroup) : [];
     if (parsed.bodyGroup !== ctx.userGroup && !usable.includes(parsed.bodyGroup)) {

@@ -45,7 +45,7 @@ export type RedisMessageListener = (message: string | Buffer, channel: string | 
 
 /**
  * Subscribes `onMessage` to `channel` and returns the function that unsubscribes it (ioredis and
- * other clients: see docs/redis.md).
+ * other clients: see docs/stores.md).
  */
 export type RedisSubscribeFunction = (channel: string, onMessage: (message: string | Buffer) => void) => () => unknown;
 
@@ -140,7 +140,7 @@ function toSender(n: RedisScanNode): RedisSendCommand {
 
 /**
  * Pins and channel health in Redis, shared by every distributor instance using the same prefix.
- * Every command touches keys of one hash slot, so a Redis Cluster works. See docs/redis.md.
+ * Every command touches keys of one hash slot, so a Redis Cluster works. See docs/stores.md.
  *
  * @example
  * const client = await createClient({ url }).on('error', console.error).connect();
