@@ -71,6 +71,40 @@ describe('distributorAdmin', () => {
     expect(await admin.countPins()).toEqual({ 'r one/é': 1 });
   });
 
+  test('what reaches the store: key prefixes aff:<rule part>: / aff:_: / aff:, and the rule name of a key to count by', async () => {
+    const { mw, store, pin } = setup();
+    const admin = distributorAdmin(mw);
+    const cleared: Array<string | undefined> = [];
+    const grouped: Array<(key: string) => string> = [];
+    const clearPins = store.clearPins.bind(store);
+    const countPins = store.countPins.bind(store);
+    store.clearPins = (keyPrefix?: string) => {
+      cleared.push(keyPrefix);
+      return clearPins(keyPrefix);
+    };
+    store.countPins = (groupOf: (key: string) => string) => {
+      grouped.push(groupOf);
+      return countPins(groupOf);
+    };
+    await pin('/one', 'a');
+    await pin('/anon', 'b');
+    // pins another instance wrote for a rule this one does not have, and a key outside the pin namespace
+    await store.setPin('aff:other%20rule:x', '1', 60_000);
+    await store.setPin('aff:other%20rule:y', '2', 60_000);
+    await store.setPin('not-a-pin:aff:z', '1', 60_000);
+    expect(await admin.countPins()).toEqual({ 'r one/é': 1, _: 1, 'other rule': 2, 'not-a-pin': 1 });
+    expect(grouped).toHaveLength(1);
+    expect(grouped[0]('aff:r%20one%2F%C3%A9:abc')).toBe('r one/é');
+    expect(grouped[0]('aff:_:abc')).toBe('_');
+    expect(await admin.clearPins({ rule: 'other rule' })).toBe(2); // an unknown rule name still clears its pins
+    expect(await admin.clearPins({ rule: 'r one/é' })).toBe(1);
+    expect(await admin.clearPins({ rule: '_' })).toBe(1);
+    expect(await admin.clearPins({ all: true })).toBe(0); // every pin, and nothing outside aff:
+    expect(cleared).toEqual(['aff:other%20rule:', 'aff:r%20one%2F%C3%A9:', 'aff:_:', 'aff:']);
+    expect(await store.getPin('not-a-pin:aff:z')).toBe('1');
+    expect(await admin.countPins()).toEqual({ 'not-a-pin': 1 });
+  });
+
   test('channelHealth: status, cooldown and disabled keys', async () => {
     const { app, mw } = setup();
     const admin = distributorAdmin(mw);

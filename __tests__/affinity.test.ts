@@ -15,6 +15,7 @@ import {
   type AffinityRule, type ChannelInput, type DistributorHandler, type DistributorOptions,
 } from '../lib';
 import { matchAffinity } from '../lib/affinity/key';
+import { ruleNameOfPinKey } from '../lib/affinity/layout';
 import { compileRules } from '../lib/affinity/rules';
 import { createApp, ctx, memoryLogger, type TestApp } from './helpers/create-app';
 import { RecordingStore, settle } from './helpers/recording-store';
@@ -76,11 +77,17 @@ async function codex(e: Env, key: string, o: Opts = {}) {
   return r;
 }
 
-/** Channel the pin of `key` points to right now (reads the store with the key the last lookup used). */
+/**
+ * Channel the pin of `key` points to right now (reads the store with the key the last lookup used);
+ * the stored value must be exactly the channel id in decimal.
+ */
 async function pinOf(e: Env, lookupIndex = -1): Promise<number | null> {
   const gets = e.store.of('getPin');
   const key = gets.at(lookupIndex)?.[0] as string;
-  return e.store.inner.getPin(key);
+  const value = await e.store.inner.getPin(key);
+  if (value === null) return null;
+  expect(value).toMatch(/^[1-9][0-9]*$/);
+  return Number(value);
 }
 
 /** A relay that retries once (status from x-fail) when the current channel is the one in x-fail-on. */
@@ -109,7 +116,7 @@ describe('S27 / S28: record on success, use on the next request', () => {
     expect(r.status).toBe(200);
     expect(r.body.distribution.affinity).toEqual({ rule: 'codex cli trace', hit: false, used: false, cleared: false });
     const sets = e.store.of('setPin');
-    expect(sets).toEqual([[e.store.of('getPin')[0][0], A, 3_600_000]]);
+    expect(sets).toEqual([[e.store.of('getPin')[0][0], String(A), 3_600_000]]);
     expect(await pinOf(e)).toBe(A);
   });
 
@@ -198,7 +205,7 @@ describe('S29-S31, S42: stale pins are cleared and selection runs', () => {
     expect(r.status).toBe(200);
     expect(r.body.channel.id).toBe(C);
     expect(r.body.distribution.affinity).toMatchObject({ hit: true, used: false, stale: 'missing', cleared: true });
-    expect(e.store.of('clearPin')).toEqual([[e.store.of('getPin')[1][0], A]]);
+    expect(e.store.of('clearPin')).toEqual([[e.store.of('getPin')[1][0], String(A)]]);
   });
 });
 
@@ -516,7 +523,7 @@ describe('keys: hashed, caller-scoped', () => {
     const inner = [...(e.store.inner as unknown as { pins: Map<string, unknown> }).pins.keys()];
     expect(inner.length).toBe(2);
     for (const k of inner) expect(k).not.toContain(raw);
-    expect(await e.store.inner.countPins()).toEqual({ 'codex cli trace': 2 });
+    expect(await e.store.inner.countPins(ruleNameOfPinKey)).toEqual({ 'codex cli trace': 2 });
   });
 
   test('two tokenIds with the same prompt_cache_key get different pins', async () => {
@@ -600,7 +607,10 @@ describe('the embedded MemoryStore is read without a promise (fast path), with t
     const logger = memoryLogger();
     const t = createApp({ channels: defaultChannels(), store, logger, random: () => rnd.v, on: { storeError: (e) => errors.push(e) } });
     made.push(t.mw);
-    const viaPromise = jest.spyOn(store, 'getPin'); // installed after the distributor chose the fast path
+    // spied on the prototype: an instance-level getPin would be an override, which the store
+    // answers by leaving getPinSync to getPin (the promise path)
+    const viaPromise = jest.spyOn(MemoryStore.prototype, 'getPin');
+    const viaSync = jest.spyOn(store, 'getPinSync');
     const send = () => request(t.app).post('/v1/responses').send({ model: 'gpt-5', prompt_cache_key: 'Kfast' });
     expect((await send()).body.channel.id).toBe(A);
     await settle();
@@ -620,9 +630,11 @@ describe('the embedded MemoryStore is read without a promise (fast path), with t
       expect(degraded.body.distribution.affinity).toMatchObject({ hit: false });
       expect(errors.map((e) => [e.operation, e.error.message])).toEqual([['getPin', 'cache broke']]);
       expect(logger.text()).toContain('store error');
+      expect(viaSync).toHaveBeenCalledTimes(3);
       expect(viaPromise).not.toHaveBeenCalled();
     } finally {
       pins.get = realGet;
+      viaPromise.mockRestore();
     }
     store.shutdown();
   });

@@ -3,7 +3,7 @@
 import { afterAll, afterEach, describe, expect, jest, test } from '@jest/globals';
 import express from 'express';
 import request from 'supertest';
-import { ChannelRegistry, distributor, type AffinityRule, type DistributorHandler } from '../lib';
+import { ChannelRegistry, MemoryStore, distributor, type AffinityRule, type DistributorHandler } from '../lib';
 import { createApp } from './helpers/create-app';
 import { RecordingStore, settle } from './helpers/recording-store';
 
@@ -150,6 +150,50 @@ describe('no promise on the way when nothing is asynchronous', () => {
     await missThenHit({ context: async () => ({ tokenId: 4 }) }, false);
     await missThenHit({ setup: async () => undefined }, false);
     await missThenHit({ store: new RecordingStore() }, false);
+  });
+
+  test('any store with getPinSync is read without a promise; one whose getPinSync answers undefined is read through getPin', async () => {
+    // a custom in-process store (not a MemoryStore) that offers getPinSync
+    class SyncRecordingStore extends RecordingStore {
+      getPinSync(key: string, refreshTtlMs?: number): string | null | undefined {
+        this.calls.push({ op: 'getPinSync', args: [key, refreshTtlMs] });
+        return this.inner.getPinSync(key, refreshTtlMs);
+      }
+    }
+    const custom = new SyncRecordingStore();
+    await missThenHit({ store: custom }, true);
+    expect(custom.of('getPinSync')).toHaveLength(2);
+    expect(custom.of('getPin')).toHaveLength(0);
+    expect(custom.of('setPin')).toHaveLength(1);
+
+    // a MemoryStore subclass that overrides getPin (to record or wrap it) keeps going through it
+    const reads: string[] = [];
+    class WrappedMemory extends MemoryStore {
+      override async getPin(key: string, refreshTtlMs?: number): Promise<string | null> {
+        reads.push(key);
+        return super.getPin(key, refreshTtlMs);
+      }
+    }
+    const wrapped = new WrappedMemory();
+    try {
+      await missThenHit({ store: wrapped }, false);
+      expect(reads).toHaveLength(2);
+      expect(reads[1]).toBe(reads[0]);
+    } finally {
+      wrapped.shutdown();
+    }
+
+    // a getPinSync that cannot answer now (undefined) falls back to getPin for that lookup
+    class SometimesSync extends RecordingStore {
+      getPinSync(key: string, refreshTtlMs?: number): string | null | undefined {
+        this.calls.push({ op: 'getPinSync', args: [key, refreshTtlMs] });
+        return undefined;
+      }
+    }
+    const sometimes = new SometimesSync();
+    await missThenHit({ store: sometimes }, false);
+    expect(sometimes.of('getPinSync')).toHaveLength(2);
+    expect(sometimes.of('getPin')).toHaveLength(2);
   });
 
   test('errors keep their statuses on the synchronous path: a throwing context is passed to next(err), a bad model is a 400', async () => {

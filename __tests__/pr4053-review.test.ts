@@ -66,13 +66,13 @@ describe('review bug 1: clearing uses the exact stored key (no prefix mismatch)'
     e.rnd.v = 0; // -> channel 1
     await codex(e, 'K-exact');
     const [lookupKey] = e.store.of('getPin')[0] as [string];
-    expect(e.store.of('setPin')).toEqual([[lookupKey, 1, 3_600_000]]);
+    expect(e.store.of('setPin')).toEqual([[lookupKey, '1', 3_600_000]]);
     e.reg.setStatus(1, ChannelStatus.ManuallyDisabled);
     const r = await codex(e, 'K-exact', 500); // failed request: nothing re-pins the key
     expect(r.body.distribution.affinity).toMatchObject({ stale: 'disabled', cleared: true });
     const gets = e.store.of('getPin');
     expect(gets[1][0]).toBe(lookupKey);
-    expect(e.store.of('clearPin')).toEqual([[lookupKey, 1]]);
+    expect(e.store.of('clearPin')).toEqual([[lookupKey, '1']]);
     expect(await e.store.inner.getPin(lookupKey)).toBeNull();
     expect(e.store.inner.pinCount).toBe(0);
   });
@@ -83,7 +83,7 @@ describe('review bug 1: clearing uses the exact stored key (no prefix mismatch)'
     const [lookupKey] = e.store.of('getPin')[0] as [string];
     const r = await codex(e, 'K-fail', 503);
     expect(r.body.distribution.affinity).toMatchObject({ used: true });
-    expect(e.store.of('clearPin')).toEqual([[lookupKey, 1]]);
+    expect(e.store.of('clearPin')).toEqual([[lookupKey, '1']]);
     expect(e.store.inner.pinCount).toBe(0);
   });
 
@@ -93,13 +93,13 @@ describe('review bug 1: clearing uses the exact stored key (no prefix mismatch)'
     e.reg.setStatus(1, ChannelStatus.ManuallyDisabled);
     // another instance re-pins the key to 3 right after our lookup read "1"
     e.store.afterGetPin = async (key, value) => {
-      if (value === 1) await e.store.inner.setPin(key, 3, 60_000);
+      if (value === '1') await e.store.inner.setPin(key, '3', 60_000);
     };
     const r = await codex(e, 'K-race', 500);
     const [key] = e.store.of('getPin')[1] as [string];
-    expect(e.store.of('clearPin')).toEqual([[key, 1]]);
+    expect(e.store.of('clearPin')).toEqual([[key, '1']]);
     expect(r.body.distribution.affinity).toMatchObject({ stale: 'disabled', cleared: false });
-    expect(await e.store.inner.getPin(key)).toBe(3);
+    expect(await e.store.inner.getPin(key)).toBe('3');
   });
 });
 
@@ -117,7 +117,7 @@ describe('review bug 2: a setup failure of the pinned channel falls back despite
     expect(r.body.distribution.tried).toEqual([1, 3]);
     expect(r.body.distribution.stopReason).toBeUndefined();
     // and the key now points to the channel that served
-    expect(await e.store.inner.getPin(e.store.of('getPin')[1][0] as string)).toBe(3);
+    expect(await e.store.inner.getPin(e.store.of('getPin')[1][0] as string)).toBe('3');
   });
 
   test('the failed pinned setup does not count: with retry.times 0 one other channel is still tried', async () => {

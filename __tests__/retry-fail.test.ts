@@ -4,6 +4,7 @@ import { afterEach, describe, expect, test } from '@jest/globals';
 import type { NextFunction, Request, Response } from 'express';
 import request from 'supertest';
 import { MemoryStore, type ChannelInput } from '../lib';
+import { ruleNameOfPinKey } from '../lib/affinity/layout';
 import { createApp } from './helpers/create-app';
 import { abandonedPost } from './helpers/ports';
 
@@ -40,13 +41,13 @@ describe('fail(): a failure that must not be retried', () => {
     const first = await request(a).post('/v1/responses').send({ model: 'gpt-5', prompt_cache_key: 's1' }).expect(200);
     expect(first.body.channel).toBe(1);
     await new Promise((r) => setTimeout(r, 10));
-    expect(await store.countPins()).toEqual({ 'codex cli trace': 1 });
+    expect(await store.countPins(ruleNameOfPinKey)).toEqual({ 'codex cli trace': 1 });
     // the pinned channel's stream is cut after the commit point
     const cut = await request(a).post('/v1/responses').set('x-cut', '1').send({ model: 'gpt-5', prompt_cache_key: 's1' });
     expect(cut.status).toBe(200); // the wire status was already sent
     await new Promise((r) => setTimeout(r, 20));
     expect(mw.isCoolingDown(1)).toBe(true); // health fed (one failure -> cooldown)
-    expect(await store.countPins()).toEqual({}); // the pinned channel failed: pin cleared
+    expect(await store.countPins(ruleNameOfPinKey)).toEqual({}); // the pinned channel failed: pin cleared
     const after = await request(a).post('/v1/responses').send({ model: 'gpt-5', prompt_cache_key: 's1' }).expect(200);
     expect(after.body.channel).toBe(2);
   });

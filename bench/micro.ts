@@ -14,7 +14,7 @@ const { ChannelRegistry } = require('../dist/channels/registry') as typeof impor
 const { selectChannel } = require('../dist/selection/select') as typeof import('../lib/selection/select');
 const { MemoryStore } = require('../dist/stores/memory') as typeof import('../lib/stores/memory');
 const { resolveOptions } = require('../dist/options') as typeof import('../lib/options');
-const { RequestRun } = require('../dist/retry/distribution') as typeof import('../lib/retry/distribution');
+const { nextChannel } = require('../dist/selection/next') as typeof import('../lib/selection/next');
 const { createRuntime } = require('../dist/runtime') as typeof import('../lib/runtime');
 
 /** Median ns per call over 7 rounds, after a warm-up round. */
@@ -43,7 +43,7 @@ async function pinsHeap(): Promise<string> {
   gc?.();
   const before = process.memoryUsage().heapUsed;
   const store = new MemoryStore();
-  for (let i = 0; i < 100_000; i++) await store.setPin(`aff:codex%20cli%20trace:${i.toString(36).padStart(43, 'a')}`, (i % 20) + 1, 3_600_000);
+  for (let i = 0; i < 100_000; i++) await store.setPin(`aff:codex%20cli%20trace:${i.toString(36).padStart(43, 'a')}`, String((i % 20) + 1), 3_600_000);
   gc?.();
   const mb = (process.memoryUsage().heapUsed - before) / 1024 / 1024;
   store.shutdown();
@@ -70,13 +70,11 @@ function selectionTimes(n: number): SelectionTimes {
   const pickEx = timeIt('pickEx', 300_000, () => void (sink += selectChannel(tiers, ex, Math.random) !== undefined ? 1 : 0));
   const cfg = resolveOptions({ channels: channels(n), logger: { warn() {}, error() {} } });
   const rt = createRuntime(cfg);
-  const req = { headers: {} } as unknown as Request;
-  const res = { locals: {} } as unknown as Response;
-  const run = new RequestRun(rt, req, res, {}, 'gpt-4o', 'default', ['default'], false);
   const groups = ['default'];
-  const runPick = timeIt('run.pick', 300_000, () => void (sink += run.pick(groups) !== undefined ? 1 : 0));
+  const none: number[] = []; // a request's first pick: nothing tried yet
+  const runPick = timeIt('nextChannel', 300_000, () => void (sink += nextChannel(rt, 'gpt-4o', none, groups).ch !== undefined ? 1 : 0));
   // what setup does next: read the chosen channel (on a 33,334-channel tier, one cache miss)
-  const runRead = timeIt('run.pick+read', 300_000, () => void (sink += run.pick(groups)?.ch.status ?? 0));
+  const runRead = timeIt('nextChannel+read', 300_000, () => void (sink += nextChannel(rt, 'gpt-4o', none, groups).ch?.status ?? 0));
   rt.health.stop();
   if (sink === -1) console.log('unreachable');
   return { pick, pickEx, run: runPick, runRead };
@@ -94,7 +92,7 @@ out(await pinsHeap());
 out('');
 
 out('### Selection vs channels in the group (3 tiers; each size in its own process)');
-out('| channels | one pick (ns) | with 3 tried ids excluded | per-request selection: RequestRun.pick (ns) | RequestRun.pick + first read of the chosen channel (ns) |');
+out('| channels | one pick (ns) | with 3 tried ids excluded | per-request selection: nextChannel (ns) | nextChannel + first read of the chosen channel (ns) |');
 out('|---:|---:|---:|---:|---:|');
 const sel: Record<number, SelectionTimes> = {};
 for (const n of SIZES) {

@@ -15,6 +15,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
+import { PIN_NAMESPACE, pinKeyPrefix, ruleNameOfPinKey } from '../lib/affinity/layout';
 import { MemoryStore } from '../lib/stores/memory';
 
 const PINS = Number(process.env.PINS ?? 100_000);
@@ -22,8 +23,19 @@ const ROUNDS = Number(process.env.ROUNDS ?? 3);
 const OLD_REV = process.env.OLD_REV ?? '4f0d7fe';
 const ROOT = path.resolve(__dirname, '..');
 
-/** What both stores offer (the 0.1.0 one has no maxPins property and no sweep()). */
+/** What both stores offer (the 0.1.0 one has no maxPins property and no sweep()), in this build's terms. */
 interface PinStore {
+  setPin(key: string, value: string, ttlMs: number): Promise<void>;
+  getPin(key: string): Promise<string | null>;
+  countPins(groupOf: (key: string) => string): Promise<Record<string, number>>;
+  clearPins(keyPrefix?: string): Promise<number>;
+  readonly pinCount: number;
+  shutdown(): void;
+}
+type Make = (options: { maxPins?: number; checkPeriodSeconds?: number }) => PinStore;
+
+/** The 0.1.0 store's pin API: channel ids as numbers; clearPins by rule part, countPins by rule. */
+interface OldPinStore {
   setPin(key: string, channelId: number, ttlMs: number): Promise<void>;
   getPin(key: string): Promise<number | null>;
   countPins(): Promise<Record<string, number>>;
@@ -31,7 +43,29 @@ interface PinStore {
   readonly pinCount: number;
   shutdown(): void;
 }
-type Make = (options: { maxPins?: number; checkPeriodSeconds?: number }) => PinStore;
+
+/**
+ * A 0.1.0 store seen through this build's API. Values are channel ids (what the distributor
+ * writes); a key prefix is `aff:<rule part>:` (what the admin passes); the count groups by rule
+ * itself (what `ruleNameOfPinKey` gives). Each call hands back the old store's own promise.
+ */
+function adaptOld(old: OldPinStore): PinStore {
+  return {
+    setPin: (key, value, ttlMs) => old.setPin(key, Number(value), ttlMs),
+    getPin: (key) => old.getPin(key).then((id) => (id === null ? null : String(id))),
+    countPins: () => old.countPins(),
+    clearPins: (keyPrefix) => {
+      if (!keyPrefix || keyPrefix === PIN_NAMESPACE) return old.clearPins();
+      const m = /^aff:([^:]+):$/.exec(keyPrefix);
+      if (!m) throw new Error(`the 0.1.0 store clears by rule only, not by ${JSON.stringify(keyPrefix)}`);
+      return old.clearPins(m[1]);
+    },
+    get pinCount() {
+      return old.pinCount;
+    },
+    shutdown: () => old.shutdown(),
+  };
+}
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 const gc = (globalThis as { gc?: () => void }).gc;
@@ -47,14 +81,16 @@ async function loadOld(): Promise<{ make: Make; dir: string } | { error: string 
   }
   const dir = mkdtempSync(path.join(tmpdir(), 'ecd-old-store-'));
   const rewritten = source
+    // ruleNameOfPinKey, which 0.1.0 imported from affinity/key, lives in affinity/layout now
+    .replace(/import \{ ruleNameOfPinKey \} from '\.\.\/affinity\/key'/g, `import { ruleNameOfPinKey } from ${JSON.stringify(path.join(ROOT, 'lib/affinity/layout'))}`)
     .replace(/from '\.\.\/affinity\/key'/g, `from ${JSON.stringify(path.join(ROOT, 'lib/affinity/key'))}`)
     .replace(/from '\.\.\/types'/g, `from ${JSON.stringify(path.join(ROOT, 'lib/types'))}`)
     .replace(/from '\.\/store'/g, `from ${JSON.stringify(path.join(ROOT, 'lib/stores/store'))}`)
     .replace(/from 'node-cache'/g, `from ${JSON.stringify(require.resolve('node-cache', { paths: [ROOT] }))}`);
   const file = path.join(dir, 'memory-0.1.0.ts');
   writeFileSync(file, rewritten);
-  const mod = (await import(file)) as { MemoryStore: new (o: object) => PinStore };
-  return { make: (o) => new mod.MemoryStore(o), dir };
+  const mod = (await import(file)) as { MemoryStore: new (o: object) => OldPinStore };
+  return { make: (o) => adaptOld(new mod.MemoryStore(o)), dir };
 }
 
 /** Longest gap between two turns of the event loop while `op` runs (ms). */
@@ -76,7 +112,7 @@ async function block(op: () => Promise<unknown>): Promise<number> {
 }
 
 async function fill(s: PinStore, n: number, expiring = 0): Promise<void> {
-  for (let i = 0; i < n; i++) await s.setPin(key(i, i % 2 ? 'claude%20cli%20trace' : 'codex%20cli%20trace'), 1 + (i % 7), i < expiring ? 300 : 3_600_000);
+  for (let i = 0; i < n; i++) await s.setPin(key(i, i % 2 ? 'claude%20cli%20trace' : 'codex%20cli%20trace'), String(1 + (i % 7)), i < expiring ? 300 : 3_600_000);
 }
 
 interface Round {
@@ -107,15 +143,15 @@ async function round(make: Make): Promise<Round> {
   s = make({ maxPins: PINS, checkPeriodSeconds: 0 });
   await fill(s, PINS);
   await sleep(50);
-  const count = await block(() => s.countPins());
+  const count = await block(() => s.countPins(ruleNameOfPinKey));
   let whenFull: string;
   try {
-    await s.setPin('aff:_:new-session', 9, 60_000);
-    whenFull = (await s.getPin('aff:_:new-session')) === 9 ? `pinned (${(await s.getPin(key(0))) === null ? 'oldest evicted' : 'nothing evicted'})` : 'not pinned';
+    await s.setPin('aff:_:new-session', '9', 60_000);
+    whenFull = (await s.getPin('aff:_:new-session')) === '9' ? `pinned (${(await s.getPin(key(0))) === null ? 'oldest evicted' : 'nothing evicted'})` : 'not pinned';
   } catch (e) {
     whenFull = `refused (${(e as Error).message.slice(0, 40)})`;
   }
-  const clearRule = await block(() => s.clearPins('claude%20cli%20trace'));
+  const clearRule = await block(() => s.clearPins(pinKeyPrefix({ name: 'claude cli trace', includeRuleName: true })));
   s.shutdown();
 
   s = make({ maxPins: PINS, checkPeriodSeconds: 0 });

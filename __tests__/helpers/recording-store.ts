@@ -11,7 +11,7 @@ export class RecordingStore implements Store {
   readonly inner: MemoryStore;
   readonly calls: StoreCall[] = [];
   /** Optional interceptor run after getPin delegated (e.g. to simulate a concurrent re-pin). */
-  afterGetPin?: (key: string, value: number | null) => Promise<void> | void;
+  afterGetPin?: (key: string, value: string | null) => Promise<void> | void;
 
   constructor(inner = new MemoryStore()) {
     this.inner = inner;
@@ -34,19 +34,19 @@ export class RecordingStore implements Store {
     return this.calls.filter((c) => c.op.endsWith('Pin')).map((c) => c.args[0] as string);
   }
 
-  async getPin(key: string, refreshTtlMs?: number): Promise<number | null> {
+  async getPin(key: string, refreshTtlMs?: number): Promise<string | null> {
     this.calls.push({ op: 'getPin', args: [key, refreshTtlMs] });
     const v = await this.inner.getPin(key, refreshTtlMs);
     if (this.afterGetPin) await this.afterGetPin(key, v);
     return v;
   }
-  async setPin(key: string, channelId: number, ttlMs: number): Promise<void> {
-    this.calls.push({ op: 'setPin', args: [key, channelId, ttlMs] });
-    return this.inner.setPin(key, channelId, ttlMs);
+  async setPin(key: string, value: string, ttlMs: number): Promise<void> {
+    this.calls.push({ op: 'setPin', args: [key, value, ttlMs] });
+    return this.inner.setPin(key, value, ttlMs);
   }
-  async clearPin(key: string, expectedChannelId: number): Promise<boolean> {
-    this.calls.push({ op: 'clearPin', args: [key, expectedChannelId] });
-    return this.inner.clearPin(key, expectedChannelId);
+  async clearPin(key: string, expectedValue: string): Promise<boolean> {
+    this.calls.push({ op: 'clearPin', args: [key, expectedValue] });
+    return this.inner.clearPin(key, expectedValue);
   }
   async recordFailure(channelId: number, policy: CooldownPolicy, now: number): Promise<number | null> {
     this.calls.push({ op: 'recordFailure', args: [channelId, policy, now] });
@@ -66,11 +66,11 @@ export class RecordingStore implements Store {
   subscribe(listener: (event: StoreEvent) => void): () => void {
     return this.inner.subscribe(listener);
   }
-  async clearPins(rule?: string): Promise<number> {
-    return this.inner.clearPins(rule);
+  async clearPins(keyPrefix?: string): Promise<number> {
+    return this.inner.clearPins(keyPrefix);
   }
-  async countPins(): Promise<Record<string, number>> {
-    return this.inner.countPins();
+  async countPins(groupOf: (key: string) => string): Promise<Record<string, number>> {
+    return this.inner.countPins(groupOf);
   }
   shutdown(): void {
     this.inner.shutdown();

@@ -52,10 +52,16 @@ async function ask(g: Gateway, session: string, extra: Record<string, unknown> =
 
 const who = (r: Reply) => /(?:Hello from |resp_mock_)(\w+)/.exec(r.text)?.[1];
 
-/** The pinned channel of the session asked last (the key its lookup used), read without refreshing it. */
+/**
+ * The pinned channel of the session asked last (the key its lookup used), read without refreshing
+ * it; the stored value must be exactly the channel id in decimal.
+ */
 async function pinOfLast(store: RecordingStore): Promise<number | null> {
   const calls = store.of('getPin');
-  return store.inner.getPin(calls[calls.length - 1][0] as string);
+  const value = await store.inner.getPin(calls[calls.length - 1][0] as string);
+  if (value === null) return null;
+  expect(value).toMatch(/^[1-9][0-9]*$/);
+  return Number(value);
 }
 
 describe('upstream 429', () => {

@@ -400,7 +400,7 @@ describe('selection invariants through distributor() and retry()', () => {
         const byId = new Map(inputs.map((c, i) => [c.id, { input: c, gen: gen[i] }]));
         const memory = new MemoryStore();
         // a store whose every lookup answers the generated pin (possibly missing, disabled, ineligible, cooling)
-        const store = Object.assign(Object.create(memory) as MemoryStore, { getPin: async () => pin });
+        const store = Object.assign(Object.create(memory) as MemoryStore, { getPin: async () => (pin === null ? null : String(pin)) });
         const rule: AffinityRule = { name: 'prop', modelRegex: ['^m'], keySources: [{ type: 'header', key: 'x-s' }], skipRetryOnFailure: skipRetry, includeUsingGroup: true };
         const mw = distributor({
           channels: inputs, store, logger: memoryLogger(), random: seeded(seed), autoGroups: ['vip', 'default'],

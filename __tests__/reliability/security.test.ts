@@ -72,11 +72,11 @@ describe('affinity keys are scoped per caller', () => {
     for (const k of [aKey, bKey]) expect(k).toMatch(KEY_SHAPE);
     // every write and clear, by key: A's key was written once (its own first request) and never cleared
     const writes = (k: string) => store.of('setPin').filter((c) => c[0] === k).map((c) => c[1]);
-    expect(writes(aKey)).toEqual([1]);
-    expect(writes(bKey)).toEqual([2, 1]);
+    expect(writes(aKey)).toEqual(['1']);
+    expect(writes(bKey)).toEqual(['2', '1']);
     expect(store.of('clearPin').filter((c) => c[0] === aKey)).toEqual([]);
-    expect(await store.inner.getPin(aKey)).toBe(1);
-    expect(await store.inner.getPin(bKey)).toBe(1);
+    expect(await store.inner.getPin(aKey)).toBe('1');
+    expect(await store.inner.getPin(bKey)).toBe('1');
   });
 
   test('without a tokenId the userId scopes the key; with neither, callers share it (documented)', async () => {

@@ -12,6 +12,7 @@
 // CPU-bounded one are printed.
 import { afterAll, afterEach, describe, expect, test } from '@jest/globals';
 import { performance } from 'node:perf_hooks';
+import { pinKeyPrefix, ruleNameOfPinKey } from '../../lib/affinity/layout';
 import { MemoryStore } from '../../lib/stores/memory';
 
 const LIMIT_MS = 20;
@@ -40,7 +41,7 @@ function store(options?: ConstructorParameters<typeof MemoryStore>[0]): MemorySt
 
 /** Fills `s` with `n` pins: every other one of a second rule, `expiring` of them with a 300 ms TTL. */
 async function fill(s: MemoryStore, n: number, expiring = 0): Promise<void> {
-  for (let i = 0; i < n; i++) await s.setPin(key(i, i % 2 ? 'claude%20cli%20trace' : 'codex%20cli%20trace'), 1 + (i % 7), i < expiring ? 300 : 3_600_000);
+  for (let i = 0; i < n; i++) await s.setPin(key(i, i % 2 ? 'claude%20cli%20trace' : 'codex%20cli%20trace'), String(1 + (i % 7)), i < expiring ? 300 : 3_600_000);
 }
 
 interface Block {
@@ -92,47 +93,47 @@ describe('MemoryStore at capacity', () => {
     const s = store();
     await fill(s, N);
     expect(s.pinCount).toBe(N);
-    await s.setPin('aff:_:new-session', 9, 60_000);
-    expect(await s.getPin('aff:_:new-session')).toBe(9);
+    await s.setPin('aff:_:new-session', '9', 60_000);
+    expect(await s.getPin('aff:_:new-session')).toBe('9');
     expect(s.pinCount).toBe(N);
     expect(await s.getPin(key(0))).toBeNull(); // the oldest pin made room
-    expect(await s.getPin(key(2))).toBe(3);
-    await s.setPin(key(2), 5, 60_000); // an existing pin moves, nothing evicted
-    expect(await s.getPin(key(2))).toBe(5);
+    expect(await s.getPin(key(2))).toBe('3');
+    await s.setPin(key(2), '5', 60_000); // an existing pin moves, nothing evicted
+    expect(await s.getPin(key(2))).toBe('5');
     expect(s.pinCount).toBe(N);
-    expect(await s.getPin(key(1, 'claude%20cli%20trace'))).toBe(2);
+    expect(await s.getPin(key(1, 'claude%20cli%20trace'))).toBe('2');
     expect(s.maxPins).toBe(100_000);
   }, 30_000);
 
   test('a full store evicts the oldest written pins: a re-written pin is new again', async () => {
     const s = store({ maxPins: 3 });
-    await s.setPin('aff:_:a', 1, 60_000);
-    await s.setPin('aff:_:b', 2, 60_000);
-    await s.setPin('aff:_:c', 3, 60_000);
-    await s.setPin('aff:_:a', 4, 60_000); // moves a: b is now the oldest
+    await s.setPin('aff:_:a', '1', 60_000);
+    await s.setPin('aff:_:b', '2', 60_000);
+    await s.setPin('aff:_:c', '3', 60_000);
+    await s.setPin('aff:_:a', '4', 60_000); // moves a: b is now the oldest
     expect(s.pinCount).toBe(3);
-    await s.setPin('aff:_:d', 5, 60_000);
-    expect([await s.getPin('aff:_:a'), await s.getPin('aff:_:b'), await s.getPin('aff:_:c'), await s.getPin('aff:_:d')]).toEqual([4, null, 3, 5]);
-    expect(s.getPinNow('aff:_:d')).toBe(5); // the synchronous fast path reads the same pins
-    await s.setPin('aff:_:e', 6, 60_000);
-    await s.setPin('aff:_:f', 7, 60_000);
-    expect(await s.countPins()).toEqual({ _: 3 });
-    expect([await s.getPin('aff:_:d'), await s.getPin('aff:_:e'), await s.getPin('aff:_:f')]).toEqual([5, 6, 7]);
-    expect(await s.clearPin('aff:_:e', 6)).toBe(true);
-    await s.setPin('aff:_:g', 8, 60_000); // room again: nothing evicted
-    expect(await s.getPin('aff:_:d')).toBe(5);
+    await s.setPin('aff:_:d', '5', 60_000);
+    expect([await s.getPin('aff:_:a'), await s.getPin('aff:_:b'), await s.getPin('aff:_:c'), await s.getPin('aff:_:d')]).toEqual(['4', null, '3', '5']);
+    expect(s.getPinSync('aff:_:d')).toBe('5'); // the synchronous read answers from the same pins
+    await s.setPin('aff:_:e', '6', 60_000);
+    await s.setPin('aff:_:f', '7', 60_000);
+    expect(await s.countPins(ruleNameOfPinKey)).toEqual({ _: 3 });
+    expect([await s.getPin('aff:_:d'), await s.getPin('aff:_:e'), await s.getPin('aff:_:f')]).toEqual(['5', '6', '7']);
+    expect(await s.clearPin('aff:_:e', '6')).toBe(true);
+    await s.setPin('aff:_:g', '8', 60_000); // room again: nothing evicted
+    expect(await s.getPin('aff:_:d')).toBe('5');
   });
 
   test('eviction costs O(1): 200,000 new sessions through a full store of 100,000 in well under a second each 100,000', async () => {
     const s = store();
     await fill(s, N);
     const t0 = performance.now();
-    for (let i = 0; i < 2 * N; i++) await s.setPin(key(N + i), 1, 60_000);
+    for (let i = 0; i < 2 * N; i++) await s.setPin(key(N + i), '1', 60_000);
     const ms = performance.now() - t0;
     figures.evictingWrites = { writes: 2 * N, ms: Math.round(ms) };
     expect(ms).toBeLessThan(3000);
     expect(s.pinCount).toBe(N);
-    expect(await s.getPin(key(N + 2 * N - 1))).toBe(1);
+    expect(await s.getPin(key(N + 2 * N - 1))).toBe('1');
     expect(await s.getPin(key(N + N - 1))).toBeNull();
   }, 30_000);
 
@@ -163,7 +164,7 @@ describe(`MemoryStore: no operation blocks the event loop for ${LIMIT_MS} ms at 
     await fill(s, N);
     let counted: Record<string, number> = {};
     const block = await longestBlock('countPins', async () => undefined, async () => {
-      counted = await s.countPins();
+      counted = await s.countPins(ruleNameOfPinKey);
     });
     expect(counted).toEqual({ 'codex cli trace': N / 2, 'claude cli trace': N / 2 });
     expect(block.cpu).toBeLessThan(LIMIT_MS);
@@ -177,7 +178,7 @@ describe(`MemoryStore: no operation blocks the event loop for ${LIMIT_MS} ms at 
       s = store();
       await fill(s, N);
     }, async () => {
-      deleted = await s.clearPins('claude%20cli%20trace');
+      deleted = await s.clearPins(pinKeyPrefix({ name: 'claude cli trace', includeRuleName: true }));
     });
     expect(deleted).toBe(N / 2);
     expect(s.pinCount).toBe(N / 2);

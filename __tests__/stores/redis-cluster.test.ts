@@ -3,6 +3,7 @@
 // over several masters while the health keys share one slot.
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { createCluster } from 'redis';
+import { ruleNameOfPinKey } from '../../lib/affinity/layout';
 import { RedisStore, type RedisStoreOptions } from '../../lib/stores/redis';
 import { hasRedisServer, startCluster, type OwnCluster } from '../helpers/redis';
 import { pinKey, redisStorePair, runStoreContract } from './store-contract';
@@ -53,7 +54,7 @@ if (!available) {
       expect(a.masters).toHaveLength(3);
       const prefix = `${BASE}spread:`;
       const store = new RedisStore(clusterOptions(a, prefix));
-      await Promise.all(Array.from({ length: 60 }, (_, i) => store.setPin(pinKey(), i + 1, 10_000)));
+      await Promise.all(Array.from({ length: 60 }, (_, i) => store.setPin(pinKey(), String(i + 1), 10_000)));
       await store.recordFailure(1, { failures: 1, windowMs: 1000, durationMs: 60_000 }, Date.now());
       await store.setOverride(2, { status: 3, disabledKeys: [1] });
       const nodes = await Promise.all(a.masters.map((m) => a.nodeClient(m)));
@@ -62,7 +63,7 @@ if (!available) {
       expect(perNode.filter((n) => n > 0).length).toBeGreaterThanOrEqual(2);
       const slots = await Promise.all(['fail', 'cool', 'status', 'keys'].map((h) => nodes[0].sendCommand(['CLUSTER', 'KEYSLOT', `${prefix}{health}:${h}`])));
       expect(new Set(slots).size).toBe(1);
-      expect(await store.countPins()).toEqual({ 'codex cli trace': 60 });
+      expect(await store.countPins(ruleNameOfPinKey)).toEqual({ 'codex cli trace': 60 });
       expect(await store.clearPins()).toBe(60);
       expect((await store.loadHealth()).statuses).toEqual({ 2: 3 });
     });
@@ -72,10 +73,10 @@ if (!available) {
       const s1 = new RedisStore(clusterOptions(a, prefix));
       const s2 = new RedisStore(clusterOptions(b, prefix));
       const keys = Array.from({ length: 10 }, () => pinKey());
-      await Promise.all(keys.map((k, i) => s1.setPin(k, i + 1, 10_000)));
-      expect(await Promise.all(keys.map((k) => s2.getPin(k, 10_000)))).toEqual(keys.map((_, i) => i + 1));
-      expect(await Promise.all(keys.map((k, i) => s2.clearPin(k, i + 1)))).toEqual(keys.map(() => true));
-      expect(await s1.countPins()).toEqual({});
+      await Promise.all(keys.map((k, i) => s1.setPin(k, String(i + 1), 10_000)));
+      expect(await Promise.all(keys.map((k) => s2.getPin(k, 10_000)))).toEqual(keys.map((_, i) => String(i + 1)));
+      expect(await Promise.all(keys.map((k, i) => s2.clearPin(k, String(i + 1))))).toEqual(keys.map(() => true));
+      expect(await s1.countPins(ruleNameOfPinKey)).toEqual({});
     });
   });
 });

@@ -5,6 +5,7 @@
 // wrapper around a real node-redis client (the commands that pass go to the real server).
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { createClient } from 'redis';
+import { ruleNameOfPinKey } from '../../lib/affinity/layout';
 import { RedisStore, RedisStoreUnavailableError, type RedisStoreOptions } from '../../lib/stores/redis';
 import { isErrorReply } from '../../lib/stores/redis-reply';
 import { hasRedisServer, sleep, startRedisServer, waitFor, type OwnRedis } from '../helpers/redis';
@@ -112,33 +113,33 @@ if (!available) {
         new RedisStore({ sendCommand: (args) => client.sendCommand(args), prefix: p, timeoutMs: 1000, backoffMs: 5000 }),
       ];
       const pinned = [pinKey(), pinKey()];
-      await stores[0].setPin(pinned[0], 3, 60_000);
-      await stores[1].setPin(pinned[1], 4, 60_000);
+      await stores[0].setPin(pinned[0], '3', 60_000);
+      await stores[1].setPin(pinned[1], '4', 60_000);
       await admin.sendCommand(['CONFIG', 'SET', 'maxmemory-policy', 'noeviction']);
       await admin.sendCommand(['CONFIG', 'SET', 'maxmemory', '1']);
       try {
         for (const s of stores) {
           for (let i = 0; i < 50; i++) {
-            const e = await s.setPin(pinKey(), 9, 60_000).then(() => null, (err: unknown) => err);
+            const e = await s.setPin(pinKey(), '9', 60_000).then(() => null, (err: unknown) => err);
             expect(e).toBeInstanceOf(Error);
             expect((e as Error).message).toMatch(/^OOM /);
             expect(e).not.toBeInstanceOf(RedisStoreUnavailableError);
           }
           // reads (with and without the sliding TTL) answer at once, from Redis
-          expect(await s.getPin(pinned[0], 60_000)).toBe(3);
-          expect(await s.getPin(pinned[1])).toBe(4);
+          expect(await s.getPin(pinned[0], 60_000)).toBe('3');
+          expect(await s.getPin(pinned[1])).toBe('4');
           expect(await s.loadHealth()).toEqual({ cooldowns: {}, statuses: {}, disabledKeys: {} });
           expect(s.backingOff).toBe(false);
           expect(s.pendingPinWrites).toBe(0); // an error reply is not retried
         }
-        expect(await stores[1].clearPin(pinned[1], 4)).toBe(true); // DEL is allowed under OOM
+        expect(await stores[1].clearPin(pinned[1], '4')).toBe(true); // DEL is allowed under OOM
         expect(await stores[0].getPin(pinned[1])).toBeNull();
         expect(stores.every((s) => !s.backingOff)).toBe(true);
       } finally {
         await admin.sendCommand(['CONFIG', 'SET', 'maxmemory', '0']);
       }
-      await stores[0].setPin(pinned[1], 5, 60_000);
-      expect(await stores[1].getPin(pinned[1])).toBe(5);
+      await stores[0].setPin(pinned[1], '5', 60_000);
+      expect(await stores[1].getPin(pinned[1])).toBe('5');
     });
 
     test('WRONGTYPE, READONLY, NOSCRIPT-like rejections and a string reply fail one call; transport errors do count', async () => {
@@ -149,7 +150,7 @@ if (!available) {
       const s = new RedisStore({ client, prefix: p, timeoutMs: 1000, backoffMs: 5000, failuresBeforeBackoff: 1 });
       for (let i = 0; i < 3; i++) await expect(s.getPin(k)).rejects.toThrow(/^WRONGTYPE/);
       expect(await s.getPin(pinKey())).toBeNull(); // not failed fast: no back-off
-      await expect(s.setPin(k, 1, 1000)).rejects.toThrow(/^WRONGTYPE/); // the compare-and-set reads the key first
+      await expect(s.setPin(k, '1', 1000)).rejects.toThrow(/^WRONGTYPE/); // the compare-and-set reads the key first
       expect(s.backingOff).toBe(false);
 
       // a raw sender that rejects with the server's error text (any client, any wrapping)
@@ -161,7 +162,7 @@ if (!available) {
         { kind: 'reject', error: new Error('BUSY Redis is busy running a script.') },
         { kind: 'reject', error: new Error('LOADING Redis is loading the dataset in memory') },
       );
-      for (let i = 0; i < 4; i++) await expect(t.setPin(pinKey(), 1, 1000)).rejects.toThrow(/^[A-Z]+ /);
+      for (let i = 0; i < 4; i++) await expect(t.setPin(pinKey(), '1', 1000)).rejects.toThrow(/^[A-Z]+ /);
       expect(await t.getPin(pinKey())).toBeNull();
       expect(t.backingOff).toBe(false);
       expect(t.pendingPinWrites).toBe(0);
@@ -199,8 +200,8 @@ if (!available) {
       const k = pinKey();
       f.next({ kind: 'slowReply', ms: 300 });
       await expect(s.getPin(k, 60_000)).rejects.toMatchObject({ reason: 'timeout' });
-      await s.setPin(k, 7, 60_000); // this request's pin write is not dropped
-      expect(await s.getPin(k)).toBe(7);
+      await s.setPin(k, '7', 60_000); // this request's pin write is not dropped
+      expect(await s.getPin(k)).toBe('7');
       expect(s.backingOff).toBe(false);
       expect(s.failuresBeforeBackoff).toBe(2);
     });
@@ -247,20 +248,20 @@ if (!available) {
       const [timedOut, skipped, moved] = [pinKey(), pinKey(), pinKey()];
       f.always(() => ({ kind: 'hang' }));
       const t0 = Date.now();
-      await expect(s.setPin(timedOut, 1, 60_000)).rejects.toMatchObject({ reason: 'timeout' });
+      await expect(s.setPin(timedOut, '1', 60_000)).rejects.toMatchObject({ reason: 'timeout' });
       await expect(s.getPin(pinKey())).rejects.toBeInstanceOf(RedisStoreUnavailableError); // the 2nd timeout (0.1: already 'backoff')
-      await expect(s.setPin(skipped, 2, 60_000)).rejects.toMatchObject({ reason: 'backoff' });
+      await expect(s.setPin(skipped, '2', 60_000)).rejects.toMatchObject({ reason: 'backoff' });
       // only the latest write of a key is owed
-      await expect(s.setPin(moved, 3, 60_000)).rejects.toMatchObject({ reason: 'backoff' });
-      await expect(s.setPin(moved, 4, 60_000)).rejects.toMatchObject({ reason: 'backoff' });
+      await expect(s.setPin(moved, '3', 60_000)).rejects.toMatchObject({ reason: 'backoff' });
+      await expect(s.setPin(moved, '4', 60_000)).rejects.toMatchObject({ reason: 'backoff' });
 
       f.always(() => ({ kind: 'pass' }));
       await sleep(320);
       expect(await s.getPin(pinKey())).toBeNull(); // the probe: Redis answers, the back-off ends
       await waitFor(async () => (await raw(p + moved)) !== null && (await raw(p + timedOut)) !== null && (await raw(p + skipped)) !== null, 2000);
-      expect(await s.getPin(timedOut)).toBe(1);
-      expect(await s.getPin(skipped)).toBe(2);
-      expect(await s.getPin(moved)).toBe(4);
+      expect(await s.getPin(timedOut)).toBe('1');
+      expect(await s.getPin(skipped)).toBe('2');
+      expect(await s.getPin(moved)).toBe('4');
       expect(s.pendingPinWrites).toBe(0);
       expect(s.backingOff).toBe(false);
       // each write keeps its own write time and what is left of its TTL
@@ -285,7 +286,7 @@ if (!available) {
       const k = pinKey();
       const cleared = pinKey();
       f.always((args) => (isPinWrite(args) ? { kind: 'hang' } : { kind: 'pass' }));
-      await expect(s.setPin(k, 1, 60_000)).rejects.toMatchObject({ reason: 'timeout' });
+      await expect(s.setPin(k, '1', 60_000)).rejects.toMatchObject({ reason: 'timeout' });
       expect(await s.getPin(pinKey())).toBeNull(); // an answer: the owed write is retried now, and hangs again
       await waitFor(() => f.pinWrites(p + k) === 2, 1000);
       await waitFor(() => s.pendingPinWrites === 0, 1000);
@@ -299,10 +300,10 @@ if (!available) {
       expect(await raw(p + k)).toBeNull();
 
       f.always((args) => (isPinWrite(args) ? { kind: 'hang' } : { kind: 'pass' }));
-      await expect(s.setPin(cleared, 5, 60_000)).rejects.toMatchObject({ reason: 'timeout' });
+      await expect(s.setPin(cleared, '5', 60_000)).rejects.toMatchObject({ reason: 'timeout' });
       expect(s.pendingPinWrites).toBe(1);
       f.always(() => ({ kind: 'pass' }));
-      expect(await s.clearPin(cleared, 5)).toBe(false); // the pin was stale: nothing there, and nothing owed any more
+      expect(await s.clearPin(cleared, '5')).toBe(false); // the pin was stale: nothing there, and nothing owed any more
       expect(s.pendingPinWrites).toBe(0);
       await sleep(50);
       expect(await raw(p + cleared)).toBeNull();
@@ -315,16 +316,16 @@ if (!available) {
       const s = new RedisStore({ sendCommand: f.send, prefix: p, timeoutMs: 100, backoffMs: 300 });
       f.next({ kind: 'reject', error: new Error('Socket closed unexpectedly') }, { kind: 'reject', error: new Error('Socket closed unexpectedly') });
       const first = pinKey();
-      await expect(s.setPin(first, 1, 60_000)).rejects.toThrow('Socket closed');
-      await expect(s.setPin(pinKey(), 1, 60_000)).rejects.toThrow(); // the 2nd failure in a row (0.1: skipped)
+      await expect(s.setPin(first, '1', 60_000)).rejects.toThrow('Socket closed');
+      await expect(s.setPin(pinKey(), '1', 60_000)).rejects.toThrow(); // the 2nd failure in a row (0.1: skipped)
       const keys = Array.from({ length: 10_000 }, () => pinKey());
-      await Promise.all(keys.map((k, i) => s.setPin(k, 2 + (i % 5), 60_000).catch(() => undefined)));
+      await Promise.all(keys.map((k, i) => s.setPin(k, String(2 + (i % 5)), 60_000).catch(() => undefined)));
       await sleep(320);
       expect(await s.getPin(pinKey())).toBeNull();
       await waitFor(async () => s.pendingPinWrites === 0 && (await raw(p + keys[keys.length - 1])) !== null, 10_000, 50);
       await waitFor(async () => (await raw(p + keys[0])) !== null, 5000, 50);
       expect(await raw(p + first)).toBeNull(); // the oldest owed write was dropped
-      expect(await s.countPins()).toEqual({ 'codex cli trace': 10_000 });
+      expect(await s.countPins(ruleNameOfPinKey)).toEqual({ 'codex cli trace': 10_000 });
       expect(s.pendingPinWrites).toBe(0);
     }, 30_000);
   });
@@ -338,22 +339,22 @@ if (!available) {
       const b = new RedisStore({ client: await connect(), prefix: p, timeoutMs: 1000 });
       const k = pinKey();
       f.next({ kind: 'slowSend', ms: 300 });
-      const late = a.setPin(k, 1, 60_000); // called first, reaches Redis last
+      const late = a.setPin(k, '1', 60_000); // called first, reaches Redis last
       await sleep(50);
-      await b.setPin(k, 2, 60_000);
-      expect(await b.getPin(k)).toBe(2);
+      await b.setPin(k, '2', 60_000);
+      expect(await b.getPin(k)).toBe('2');
       await late;
-      expect(await a.getPin(k)).toBe(2);
-      expect(await b.getPin(k)).toBe(2);
+      expect(await a.getPin(k)).toBe('2');
+      expect(await b.getPin(k)).toBe('2');
 
       // the same store: the later call wins whatever order the writes land in
       const k2 = pinKey();
       f.next({ kind: 'slowSend', ms: 200 });
-      const older = a.setPin(k2, 3, 60_000);
+      const older = a.setPin(k2, '3', 60_000);
       await sleep(20);
-      await a.setPin(k2, 4, 60_000);
+      await a.setPin(k2, '4', 60_000);
       await older;
-      expect(await a.getPin(k2)).toBe(4);
+      expect(await a.getPin(k2)).toBe('4');
     });
 
     test('a write that timed out and was applied by Redis later, then retried, never moves a pin backwards', async () => {
@@ -364,12 +365,12 @@ if (!available) {
       const b = new RedisStore({ client: await connect(), prefix: p, timeoutMs: 1000 });
       const k = pinKey();
       f.next({ kind: 'slowSend', ms: 400 });
-      await expect(a.setPin(k, 1, 60_000)).rejects.toMatchObject({ reason: 'timeout' });
-      await b.setPin(k, 2, 60_000); // the session moved meanwhile (another instance)
-      expect(await a.getPin(k)).toBe(2); // an answer: a's owed write is retried now (and refused)
+      await expect(a.setPin(k, '1', 60_000)).rejects.toMatchObject({ reason: 'timeout' });
+      await b.setPin(k, '2', 60_000); // the session moved meanwhile (another instance)
+      expect(await a.getPin(k)).toBe('2'); // an answer: a's owed write is retried now (and refused)
       await sleep(400); // the original write reaches Redis now (and is refused)
-      expect(await b.getPin(k)).toBe(2);
-      expect(await a.getPin(k)).toBe(2);
+      expect(await b.getPin(k)).toBe('2');
+      expect(await a.getPin(k)).toBe('2');
       expect(f.pinWrites(p + k)).toBe(2);
       expect(a.pendingPinWrites).toBe(0);
     });
@@ -382,21 +383,21 @@ if (!available) {
       const s = new RedisStore({ client, prefix: p });
       const k = pinKey();
       await admin.sendCommand(['SET', p + k, '7', 'PX', '5000']);
-      expect(await s.getPin(k)).toBe(7);
-      expect(await s.getPin(k, 60_000)).toBe(7);
+      expect(await s.getPin(k)).toBe('7');
+      expect(await s.getPin(k, 60_000)).toBe('7');
       expect(Number(await admin.sendCommand(['PTTL', p + k]))).toBeGreaterThan(50_000);
-      expect(await s.clearPin(k, 17)).toBe(false); // 7 is not 17 (prefix of the id is not the id)
-      expect(await s.clearPin(k, 70)).toBe(false);
-      expect(await s.clearPin(k, 7)).toBe(true);
+      expect(await s.clearPin(k, '17')).toBe(false); // 7 is not 17 (prefix of the id is not the id)
+      expect(await s.clearPin(k, '70')).toBe(false);
+      expect(await s.clearPin(k, '7')).toBe(true);
       expect(await raw(p + k)).toBeNull();
 
       await admin.sendCommand(['SET', p + k, '7', 'PX', '5000']);
-      await s.setPin(k, 8, 60_000); // a 0.1 pin has no write time: any new write replaces it
-      expect(await s.getPin(k)).toBe(8);
+      await s.setPin(k, '8', 60_000); // a 0.1 pin has no write time: any new write replaces it
+      expect(await s.getPin(k)).toBe('8');
       expect(await raw(p + k)).toMatch(/^8:\d+$/);
-      expect(await s.clearPin(k, 7)).toBe(false);
-      expect(await s.clearPin(k, 8)).toBe(true);
-      expect(await s.countPins()).toEqual({});
+      expect(await s.clearPin(k, '7')).toBe(false);
+      expect(await s.clearPin(k, '8')).toBe(true);
+      expect(await s.countPins(ruleNameOfPinKey)).toEqual({});
     });
   });
 });

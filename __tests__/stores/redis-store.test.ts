@@ -5,6 +5,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { createClient } from 'redis';
+import { ruleNameOfPinKey } from '../../lib/affinity/layout';
 import { DistributorError } from '../../lib/errors';
 import {
   RedisStore, RedisStoreUnavailableError, parseEvent, type RedisStoreOptions, type RedisSubscribeFunction,
@@ -144,15 +145,15 @@ describeRedis('RedisStore', (url) => {
       const prefix = `${BASE}layout:`;
       const s = new RedisStore({ client: a, prefix });
       const k = pinKey();
-      await s.setPin(k, 12, 5000);
+      await s.setPin(k, '12', 5000);
       const pttl = Number(await a.sendCommand(['PTTL', prefix + k]));
       expect(pttl).toBeGreaterThan(4000);
       expect(pttl).toBeLessThanOrEqual(5000);
-      // `<channel id>:<write time>`: the write time orders late writes (never over a newer pin)
+      // `<value>:<write time>`: the write time orders late writes (never over a newer pin)
       const t = Date.now();
       expect(await a.sendCommand(['GET', prefix + k])).toMatch(/^12:\d{13}$/);
       expect(Math.abs(Number(String(await a.sendCommand(['GET', prefix + k])).split(':')[1]) - t)).toBeLessThan(1000);
-      expect(await s.getPin(k, 60_000)).toBe(12);
+      expect(await s.getPin(k, 60_000)).toBe('12');
       expect(Number(await a.sendCommand(['PTTL', prefix + k]))).toBeGreaterThan(50_000);
       await s.recordFailure(3, { failures: 2, windowMs: 1000, durationMs: 1000 }, Date.now());
       await s.recordFailure(4, { failures: 1, windowMs: 1000, durationMs: 60_000 }, Date.now());
@@ -172,24 +173,24 @@ describeRedis('RedisStore', (url) => {
     test('a prefix with glob characters only ever matches its own keys', async () => {
       const mine = new RedisStore({ client: a, prefix: `${BASE}[g]*?:` });
       const other = new RedisStore({ client: a, prefix: `${BASE}[g]x?:` });
-      await mine.setPin(pinKey(), 1, 10_000);
-      await other.setPin(pinKey(), 2, 10_000);
-      expect(await mine.countPins()).toEqual({ 'codex cli trace': 1 });
+      await mine.setPin(pinKey(), '1', 10_000);
+      await other.setPin(pinKey(), '2', 10_000);
+      expect(await mine.countPins(ruleNameOfPinKey)).toEqual({ 'codex cli trace': 1 });
       expect(await mine.clearPins()).toBe(1);
-      expect(await other.countPins()).toEqual({ 'codex cli trace': 1 });
+      expect(await other.countPins(ruleNameOfPinKey)).toEqual({ 'codex cli trace': 1 });
       await other.clearPins();
     });
 
     test('a sendCommandCluster store needs masters for clearPins/countPins', async () => {
       const s = new RedisStore({ sendCommandCluster: ({ command }) => a.sendCommand(command), prefix: `${BASE}c:` });
-      await expect(s.countPins()).rejects.toMatchObject({ code: 'ERR_DIST_INVALID_STORE' });
+      await expect(s.countPins(ruleNameOfPinKey)).rejects.toMatchObject({ code: 'ERR_DIST_INVALID_STORE' });
       await expect(s.clearPins()).rejects.toMatchObject({ code: 'ERR_DIST_INVALID_STORE' });
       expect(await s.getPin(pinKey())).toBeNull(); // not an outage: no back-off started
       const withMasters = new RedisStore({
         sendCommandCluster: ({ command }) => a.sendCommand(command), masters: () => [a], prefix: `${BASE}c:`,
       });
-      await withMasters.setPin(pinKey(), 1, 10_000);
-      expect(await withMasters.countPins()).toEqual({ 'codex cli trace': 1 });
+      await withMasters.setPin(pinKey(), '1', 10_000);
+      expect(await withMasters.countPins(ruleNameOfPinKey)).toEqual({ 'codex cli trace': 1 });
       expect(await withMasters.clearPins()).toBe(1);
     });
   });
@@ -205,13 +206,13 @@ describeRedis('RedisStore', (url) => {
       const prefix = `${BASE}noscript:`;
       const s = new RedisStore({ client: a, prefix, timeoutMs: 1000 });
       const k = pinKey();
-      await s.setPin(k, 3, 10_000);
+      await s.setPin(k, '3', 10_000);
       await a.sendCommand(['SCRIPT', 'FLUSH']);
-      expect(await s.getPin(k, 10_000)).toBe(3);
+      expect(await s.getPin(k, 10_000)).toBe('3');
       expect(await a.sendCommand(['SCRIPT', 'EXISTS', GET_PIN.sha])).toEqual([1]);
       await a.sendCommand(['SCRIPT', 'FLUSH']);
       // Concurrent calls after a flush all succeed.
-      const results = await Promise.all([s.clearPin(k, 3), s.clearPin(k, 3), s.loadHealth(), s.loadHealth()]);
+      const results = await Promise.all([s.clearPin(k, '3'), s.clearPin(k, '3'), s.loadHealth(), s.loadHealth()]);
       expect(results.slice(0, 2).filter(Boolean)).toHaveLength(1);
       await a.sendCommand(['SCRIPT', 'FLUSH']);
       expect(await s.recordFailure(1, { failures: 1, windowMs: 1, durationMs: 60_000 }, Date.now())).not.toBeNull();
@@ -223,21 +224,26 @@ describeRedis('RedisStore', (url) => {
       const prefix = `${BASE}buffers:`;
       const s = new RedisStore({ sendCommand: async (args) => toBuffers(await a.sendCommand(args)), prefix, timeoutMs: 1000 });
       const k = pinKey();
-      await s.setPin(k, 21, 10_000);
-      expect(await s.getPin(k)).toBe(21);
-      expect(await s.getPin(k, 10_000)).toBe(21);
+      await s.setPin(k, '21', 10_000);
+      expect(await s.getPin(k)).toBe('21');
+      expect(await s.getPin(k, 10_000)).toBe('21');
       const until = await s.recordFailure(8, { failures: 1, windowMs: 1, durationMs: 60_000 }, Date.now());
       await s.setOverride(9, { status: ChannelStatus.ManuallyDisabled, disabledKeys: [2] });
       expect(await s.loadHealth()).toEqual({ cooldowns: { 8: until }, statuses: { 9: 2 }, disabledKeys: { 9: [2] } });
-      expect(await s.countPins()).toEqual({ 'codex cli trace': 1 });
+      expect(await s.countPins(ruleNameOfPinKey)).toEqual({ 'codex cli trace': 1 });
       await flushPrefix(send, prefix);
     });
 
     test('an unexpected reply shape is an error, not a wrong answer', async () => {
       const s = new RedisStore({ sendCommand: async () => new Map([['a', '1']]), backoffMs: 0 });
       await expect(s.loadHealth()).rejects.toThrow(TypeError);
-      const t = new RedisStore({ sendCommand: async () => 'not-a-number', backoffMs: 0 });
-      await expect(t.getPin(pinKey())).rejects.toThrow(TypeError);
+      // a pin reply other than nil, a bulk string or an integer is an error; pin values are
+      // opaque text, so any text reply is a value (the distributor treats a foreign one as a miss)
+      for (const reply of [['7'], new Map([['a', '1']]), { v: '7' }, true]) {
+        const t = new RedisStore({ sendCommand: async () => reply, backoffMs: 0 });
+        await expect(t.getPin(pinKey())).rejects.toThrow(TypeError);
+        await expect(t.getPin(pinKey(), 1000)).rejects.toThrow(TypeError);
+      }
     });
 
     test('parseEvent accepts only well-formed events', () => {
@@ -293,7 +299,7 @@ describeRedis('RedisStore', (url) => {
       const k = pinKey();
       // Concurrent calls in flight when Redis hangs each cost one timeout, not more.
       let t = Date.now();
-      const first = await Promise.allSettled([s.getPin(k), s.getPin(k, 1000), s.setPin(k, 1, 10_000)]);
+      const first = await Promise.allSettled([s.getPin(k), s.getPin(k, 1000), s.setPin(k, '1', 10_000)]);
       const took = Date.now() - t;
       expect(took).toBeGreaterThanOrEqual(95);
       expect(took).toBeLessThan(250);
@@ -324,10 +330,10 @@ describeRedis('RedisStore', (url) => {
       expect(third[0]).toEqual({ status: 'fulfilled', value: null });
       expect((third[1] as PromiseRejectedResult).reason.reason).toBe('backoff');
       // The back-off has ended: the setPin that timed out in the first wave is retried once and lands.
-      await waitFor(async () => (await s.getPin(k)) === 1, 2000);
+      await waitFor(async () => (await s.getPin(k)) === '1', 2000);
       expect(s.pendingPinWrites).toBe(0);
-      await s.setPin(k, 2, 1000);
-      expect(await s.getPin(k)).toBe(2);
+      await s.setPin(k, '2', 1000);
+      expect(await s.getPin(k)).toBe('2');
       await flushPrefix(send, `${BASE}timeout:`);
     });
 
@@ -355,7 +361,7 @@ describeRedis('RedisStore', (url) => {
 
     test('a sendCommand that throws synchronously is a rejection, not a crash', async () => {
       const s = new RedisStore({ sendCommand: () => { throw new Error('sync boom'); }, backoffMs: 0 });
-      await expect(s.setPin(pinKey(), 1, 1000)).rejects.toThrow('sync boom');
+      await expect(s.setPin(pinKey(), '1', 1000)).rejects.toThrow('sync boom');
     });
   });
 });

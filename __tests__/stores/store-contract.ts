@@ -3,7 +3,7 @@
 // Not a test file by itself: memory-store.test.ts, redis-store.test.ts and redis-cluster.test.ts run it.
 import { randomBytes } from 'node:crypto';
 import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
-import { rulePart } from '../../lib/affinity/rules';
+import { pinKeyPrefix, ruleNameOfPinKey } from '../../lib/affinity/layout';
 import { RedisStore, type RedisStoreOptions } from '../../lib/stores/redis';
 import type { Store, StoreEvent } from '../../lib/stores/store';
 import { ChannelStatus } from '../../lib/types';
@@ -56,8 +56,8 @@ export function redisStorePair(
 
 /** A pin key as the distributor builds it: `aff:<rule part>:<base64url sha256>`. */
 export function pinKey(rule: string | null = 'codex cli trace'): string {
-  const part = rule === null ? '_' : rulePart({ name: rule, includeRuleName: true });
-  return `aff:${part}:${randomBytes(32).toString('base64url')}`;
+  const prefix = pinKeyPrefix(rule === null ? { name: '_', includeRuleName: false } : { name: rule, includeRuleName: true });
+  return `${prefix}${randomBytes(32).toString('base64url')}`;
 }
 
 const policy = (failures: number, windowMs = 1000, durationMs = 30_000) => ({ failures, windowMs, durationMs });
@@ -94,26 +94,43 @@ export function runStoreContract(name: string, factory: () => Promise<StoreHarne
 
       test('setPin then getPin, seen by another instance', async () => {
         const k = pinKey();
-        await store.setPin(k, 7, 10_000);
-        expect(await store.getPin(k)).toBe(7);
-        expect(await peer.getPin(k)).toBe(7);
-        expect(await peer.getPin(k, 10_000)).toBe(7);
+        await store.setPin(k, '7', 10_000);
+        expect(await store.getPin(k)).toBe('7');
+        expect(await peer.getPin(k)).toBe('7');
+        expect(await peer.getPin(k, 10_000)).toBe('7');
+      });
+
+      test('values are opaque strings: any value round-trips as written', async () => {
+        const values = ['v-1.2', '0', '007', '-3', 'x', 'a b', '\u00e9t\u00e9', '1e3', '42'];
+        const keys = values.map(() => pinKey());
+        for (let i = 0; i < values.length; i++) await store.setPin(keys[i], values[i], 10_000);
+        for (let i = 0; i < values.length; i++) {
+          expect(await store.getPin(keys[i])).toBe(values[i]);
+          expect(await peer.getPin(keys[i], 10_000)).toBe(values[i]);
+        }
+        const long = pinKey();
+        const value = 'v'.repeat(64);
+        await store.setPin(long, value, 10_000);
+        expect(await peer.getPin(long)).toBe(value);
       });
 
       test('keys are independent; setPin overwrites', async () => {
         const a = pinKey();
         const b = pinKey(null);
-        await store.setPin(a, 1, 10_000);
-        await store.setPin(b, 2, 10_000);
-        await peer.setPin(a, 3, 10_000);
-        expect(await store.getPin(a)).toBe(3);
-        expect(await store.getPin(b)).toBe(2);
+        await store.setPin(a, '1', 10_000);
+        await store.setPin(b, '2', 10_000);
+        await peer.setPin(a, '3', 10_000);
+        expect(await store.getPin(a)).toBe('3');
+        expect(await store.getPin(b)).toBe('2');
+        await peer.setPin(b, 'v-1.2', 10_000);
+        expect(await store.getPin(b)).toBe('v-1.2');
+        expect(await store.getPin(a)).toBe('3');
       });
 
       test('a pin expires after its TTL', async () => {
         const k = pinKey();
-        await store.setPin(k, 4, 200);
-        expect(await store.getPin(k)).toBe(4);
+        await store.setPin(k, '4', 200);
+        expect(await store.getPin(k)).toBe('4');
         await sleep(450);
         expect(await store.getPin(k)).toBeNull();
         expect(await peer.getPin(k)).toBeNull();
@@ -122,13 +139,13 @@ export function runStoreContract(name: string, factory: () => Promise<StoreHarne
       test('getPin with refreshTtlMs slides the TTL; without it does not', async () => {
         const sliding = pinKey();
         const fixed = pinKey();
-        await store.setPin(sliding, 5, 600);
-        await store.setPin(fixed, 6, 600);
+        await store.setPin(sliding, '5', 600);
+        await store.setPin(fixed, '6', 600);
         await sleep(350);
-        expect(await peer.getPin(sliding, 600)).toBe(5); // now expires ~950 ms after the start
-        expect(await peer.getPin(fixed)).toBe(6); // still expires at ~600 ms
+        expect(await peer.getPin(sliding, 600)).toBe('5'); // now expires ~950 ms after the start
+        expect(await peer.getPin(fixed)).toBe('6'); // still expires at ~600 ms
         await sleep(400); // ~750 ms after the start
-        expect(await store.getPin(sliding)).toBe(5);
+        expect(await store.getPin(sliding)).toBe('5');
         expect(await store.getPin(fixed)).toBeNull();
         await sleep(550); // ~1300 ms: the refreshed TTL has run out too
         expect(await store.getPin(sliding)).toBeNull();
@@ -136,30 +153,50 @@ export function runStoreContract(name: string, factory: () => Promise<StoreHarne
 
       test('clearPin is a compare-and-delete', async () => {
         const k = pinKey();
-        expect(await store.clearPin(k, 1)).toBe(false);
-        await store.setPin(k, 1, 10_000);
-        expect(await store.clearPin(k, 2)).toBe(false);
-        expect(await store.getPin(k)).toBe(1);
-        expect(await peer.clearPin(k, 1)).toBe(true);
+        expect(await store.clearPin(k, '1')).toBe(false);
+        await store.setPin(k, '1', 10_000);
+        expect(await store.clearPin(k, '2')).toBe(false);
+        expect(await store.getPin(k)).toBe('1');
+        expect(await peer.clearPin(k, '1')).toBe(true);
         expect(await store.getPin(k)).toBeNull();
-        expect(await store.clearPin(k, 1)).toBe(false);
+        expect(await store.clearPin(k, '1')).toBe(false);
+      });
+
+      test('clearPin compares the whole opaque value', async () => {
+        const k = pinKey();
+        await store.setPin(k, 'v-1.2', 10_000);
+        // a different value, a prefix, an extension, a numeric look-alike: none deletes
+        for (const other of ['v-1.3', 'v-1', 'v-1.2x', 'v-1.2:', '1.2', 'V-1.2', '']) {
+          expect(await store.clearPin(k, other)).toBe(false);
+          expect(await peer.getPin(k)).toBe('v-1.2');
+        }
+        const n = pinKey();
+        await store.setPin(n, '12', 10_000);
+        for (const other of ['1', '012', '12.0', '120', ' 12']) {
+          expect(await peer.clearPin(n, other)).toBe(false);
+          expect(await store.getPin(n)).toBe('12');
+        }
+        expect(await peer.clearPin(k, 'v-1.2')).toBe(true);
+        expect(await store.getPin(k)).toBeNull();
+        expect(await store.clearPin(n, '12')).toBe(true);
+        expect(await peer.getPin(n)).toBeNull();
       });
 
       test('a late stale clear never erases a re-pin made by another instance', async () => {
         const k = pinKey();
-        await store.setPin(k, 1, 10_000);
+        await store.setPin(k, '1', 10_000);
         const seen = await store.getPin(k, 10_000); // this instance finds channel 1 stale...
-        expect(seen).toBe(1);
-        await peer.setPin(k, 2, 10_000); // ...meanwhile another instance re-pins the key
-        expect(await store.clearPin(k, seen as number)).toBe(false); // the late clear is a no-op
-        expect(await store.getPin(k)).toBe(2);
-        expect(await peer.getPin(k)).toBe(2);
+        expect(seen).toBe('1');
+        await peer.setPin(k, '2', 10_000); // ...meanwhile another instance re-pins the key
+        expect(await store.clearPin(k, seen as string)).toBe(false); // the late clear is a no-op
+        expect(await store.getPin(k)).toBe('2');
+        expect(await peer.getPin(k)).toBe('2');
       });
 
       test('concurrent clears of the same stale pin: exactly one deletes', async () => {
         const k = pinKey();
-        await store.setPin(k, 9, 10_000);
-        const results = await Promise.all([store.clearPin(k, 9), peer.clearPin(k, 9), store.clearPin(k, 9)]);
+        await store.setPin(k, '9', 10_000);
+        const results = await Promise.all([store.clearPin(k, '9'), peer.clearPin(k, '9'), store.clearPin(k, '9')]);
         expect(results.filter(Boolean)).toHaveLength(1);
       });
     });
@@ -327,19 +364,79 @@ export function runStoreContract(name: string, factory: () => Promise<StoreHarne
     describe('clearPins and countPins', () => {
       test('count per rule name, clear one rule or all, leave health alone', async () => {
         if (!store.clearPins || !store.countPins) return;
-        await store.setPin(pinKey('codex cli trace'), 1, 10_000);
-        await store.setPin(pinKey('codex cli trace'), 2, 10_000);
-        await store.setPin(pinKey('rule:with*odd?chars[x]'), 2, 10_000);
-        await store.setPin(pinKey(null), 3, 10_000);
+        await store.setPin(pinKey('codex cli trace'), '1', 10_000);
+        await store.setPin(pinKey('codex cli trace'), '2', 10_000);
+        await store.setPin(pinKey('rule:with*odd?chars[x]'), '2', 10_000);
+        await store.setPin(pinKey(null), '3', 10_000);
         await store.setOverride(51, { status: ChannelStatus.AutoDisabled });
-        expect(await peer.countPins?.()).toEqual({ 'codex cli trace': 2, 'rule:with*odd?chars[x]': 1, _: 1 });
-        expect(await store.clearPins(rulePart({ name: 'rule:with*odd?chars[x]', includeRuleName: true }))).toBe(1);
-        expect(await store.clearPins(rulePart({ name: 'codex cli', includeRuleName: true }))).toBe(0); // a prefix of a name is not the rule
-        expect(await store.clearPins(rulePart({ name: 'codex cli trace', includeRuleName: true }))).toBe(2);
-        expect(await store.countPins()).toEqual({ _: 1 });
+        expect(await peer.countPins?.(ruleNameOfPinKey)).toEqual({ 'codex cli trace': 2, 'rule:with*odd?chars[x]': 1, _: 1 });
+        expect(await store.clearPins(pinKeyPrefix({ name: 'rule:with*odd?chars[x]', includeRuleName: true }))).toBe(1);
+        expect(await store.clearPins(pinKeyPrefix({ name: 'codex cli', includeRuleName: true }))).toBe(0); // a prefix of a name is not the rule
+        expect(await store.clearPins(pinKeyPrefix({ name: 'codex cli trace', includeRuleName: true }))).toBe(2);
+        expect(await store.countPins(ruleNameOfPinKey)).toEqual({ _: 1 });
         expect(await store.clearPins()).toBe(1);
-        expect(await store.countPins()).toEqual({});
+        expect(await store.countPins(ruleNameOfPinKey)).toEqual({});
         expect((await store.loadHealth()).statuses).toEqual({ 51: 3 });
+      });
+
+      test('clearPins(prefix) deletes exactly the keys that start with the prefix', async () => {
+        if (!store.clearPins || !store.countPins) return;
+        const keys = ['p:a:1', 'p:a:2', 'p:ab:1', 'p:a', 'q:a:1', 'x-p:a:1'];
+        for (const k of keys) await store.setPin(k, 'v', 10_000);
+        expect(await peer.clearPins?.('p:a:')).toBe(2);
+        for (const k of keys) expect(await store.getPin(k)).toBe(k.startsWith('p:a:') ? null : 'v');
+        expect(await store.clearPins('p:')).toBe(2); // p:ab:1 and p:a
+        expect(await store.getPin('q:a:1')).toBe('v');
+        expect(await store.getPin('x-p:a:1')).toBe('v');
+        expect(await store.clearPins()).toBe(2);
+        expect(await store.countPins((k) => k)).toEqual({});
+      });
+
+      test('clearPins never deletes health (cooldowns, failure counts, overrides)', async () => {
+        if (!store.clearPins) return;
+        const now = Date.now();
+        const until = await store.recordFailure(52, policy(1), now);
+        expect(until).toBe(now + 30_000);
+        expect(await store.recordFailure(53, policy(3), now)).toBeNull(); // a failure count, no cooldown yet
+        await store.setOverride(54, { status: ChannelStatus.ManuallyDisabled });
+        await store.setOverride(55, { disabledKeys: [1, 3] });
+        await store.setPin(pinKey(), '1', 10_000);
+        await store.setPin('other:key', 'v', 10_000);
+        const health = { cooldowns: { 52: until }, statuses: { 54: 2 }, disabledKeys: { 55: [1, 3] } };
+        expect(await store.loadHealth()).toEqual(health);
+        expect(await store.clearPins()).toBe(2);
+        expect(await store.clearPins('')).toBe(0);
+        expect(await peer.clearPins?.('{')).toBe(0);
+        expect(await store.clearPins('{health}')).toBe(0);
+        expect(await store.loadHealth()).toEqual(health);
+        expect(await peer.loadHealth()).toEqual(health);
+        // the failure count of channel 53 survived too: two more failures reach its threshold of 3
+        expect(await store.recordFailure(53, policy(3), now + 1)).toBeNull();
+        expect(await store.recordFailure(53, policy(3), now + 2)).toBe(now + 2 + 30_000);
+      });
+
+      test('countPins groups by the function given, over every live pin', async () => {
+        if (!store.countPins) return;
+        expect(await store.countPins((k) => k)).toEqual({});
+        await store.setPin('g1:a', '1', 10_000);
+        await store.setPin('g1:b', 'v-1.2', 10_000);
+        await store.setPin('g2:a', '1', 10_000);
+        await store.setPin(pinKey('codex cli trace'), '7', 10_000);
+        await store.setPin('g3:gone', '1', 100);
+        await store.setOverride(56, { status: ChannelStatus.AutoDisabled });
+        await store.recordFailure(57, policy(1), Date.now());
+        await sleep(250); // g3:gone has expired
+        const seen: string[] = [];
+        const byFirst = await peer.countPins?.((k) => {
+          seen.push(k);
+          return k.slice(0, k.indexOf(':'));
+        });
+        expect(byFirst).toEqual({ g1: 2, g2: 1, aff: 1 });
+        // groupOf gets the key as it was written (without the store prefix), never a health key
+        expect(seen.filter((k) => !k.startsWith('aff:')).sort()).toEqual(['g1:a', 'g1:b', 'g2:a']);
+        expect(await store.countPins(() => 'all')).toEqual({ all: 4 });
+        expect(await store.countPins((k) => k)).toEqual(Object.fromEntries(seen.map((k) => [k, 1])));
+        expect(await store.countPins(ruleNameOfPinKey)).toEqual({ 'codex cli trace': 1, g1: 2, g2: 1 });
       });
     });
   });
