@@ -2,7 +2,8 @@
 import { afterAll, describe, expect, test } from '@jest/globals';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import request from 'supertest';
-import { ChannelStatus, MemoryStore, adminRouter, distributor, distributorAdmin, type DistributorHandler, type Store } from '../lib';
+import { ChannelStatus, MemoryStore, distributor, type DistributorHandler, type Store } from '../lib';
+import { adminRouter, distributorAdmin } from '../lib/entry/admin';
 import { createApp, memoryLogger } from './helpers/create-app';
 
 const rules = [

@@ -4,7 +4,8 @@ import { afterAll, describe, expect, jest, test } from '@jest/globals';
 import { Writable } from 'node:stream';
 import request from 'supertest';
 import winston from 'winston';
-import { createDefaultLogger, distributor, redactFormat, redactText, type DistributorHandler } from '../lib';
+import { createDefaultLogger, redactFormat, redactText } from '../lib/entry/logging';
+import { distributor, type DistributorHandler } from '../lib';
 import { runtimeOf } from '../lib/distributor';
 import { createApp, memoryLogger } from './helpers/create-app';
 

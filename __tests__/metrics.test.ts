@@ -3,7 +3,8 @@
 import { afterAll, describe, expect, jest, test } from '@jest/globals';
 import { Registry, register as globalRegister } from 'prom-client';
 import request from 'supertest';
-import { ChannelRegistry, ChannelStatus, MemoryStore, distributorMetrics, mergeHooks, type DistributorHooks, type Store } from '../lib';
+import { ChannelRegistry, ChannelStatus, MemoryStore, type DistributorHooks, type Store } from '../lib';
+import { distributorMetrics, mergeHooks } from '../lib/entry/metrics';
 import { createApp } from './helpers/create-app';
 
 const rule = { name: 'sess', modelRegex: ['^gpt-'], keySources: [{ type: 'header' as const, key: 'x-session' }], includeRuleName: true };

@@ -1,14 +1,16 @@
 // The published package: what `npm pack` would ship, and the package.json fields consumers rely on.
-import { beforeAll, describe, expect, test } from '@jest/globals';
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
+import ts from 'typescript';
 import { ROOT, ensureDist } from './helpers/build';
 
 interface PackageJson {
   main?: string;
   types?: string;
   exports?: Record<string, unknown>;
+  typesVersions?: Record<string, Record<string, string[]>>;
   files?: string[];
   engines?: { node?: string };
   sideEffects?: boolean;
@@ -20,6 +22,7 @@ interface PackageJson {
 const pkg = JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as PackageJson;
 let files: string[] = [];
 const normalise = (p: string) => p.replace(/^\.\//, '');
+const SUBPATHS = ['redis', 'relay', 'metrics', 'admin', 'logging'];
 
 beforeAll(() => {
   ensureDist();
@@ -69,13 +72,24 @@ describe('npm pack contents', () => {
 });
 
 describe('package.json', () => {
-  test('main, types and exports (types condition first) point at shipped files', () => {
+  test('main, types and every exports entry (types condition first) point at shipped files', () => {
     expect(files).toContain(normalise(pkg.main ?? ''));
     expect(files).toContain(normalise(pkg.types ?? ''));
-    const root = pkg.exports?.['.'] as Record<string, string> | undefined;
-    expect(root && Object.keys(root)[0]).toBe('types');
-    for (const target of Object.values(root ?? {})) expect(files).toContain(normalise(target));
+    expect(Object.keys(pkg.exports ?? {}).sort()).toEqual(['.', './package.json', ...SUBPATHS.map((s) => `./${s}`)].sort());
+    for (const entry of ['.', ...SUBPATHS.map((s) => `./${s}`)]) {
+      const target = pkg.exports?.[entry] as Record<string, string> | undefined;
+      expect({ entry, first: target && Object.keys(target)[0] }).toEqual({ entry, first: 'types' });
+      for (const file of Object.values(target ?? {})) expect(files).toContain(normalise(file));
+    }
     expect(pkg.exports?.['./package.json']).toBe('./package.json');
+  });
+
+  test('typesVersions maps every subpath for TypeScript setups that do not read exports', () => {
+    for (const s of SUBPATHS) {
+      const [decl] = pkg.typesVersions?.['*']?.[s] ?? [];
+      expect({ s, decl }).toEqual({ s, decl: `dist/entry/${s}.d.ts` });
+      expect(files).toContain(decl);
+    }
   });
 
   test('engines, sideEffects and files', () => {
@@ -95,13 +109,92 @@ describe('package.json', () => {
     expect(pkg.dependencies?.express).toBeUndefined();
   });
 
-  test('loading the built entry loads neither optional peer', () => {
+  test('loading the built entries loads neither optional peer (metrics loads prom-client only when called)', () => {
     const script = `
-      const m = require(${JSON.stringify(path.join(ROOT, 'dist', 'index.js'))});
-      const loaded = Object.keys(require.cache).filter((k) => /node_modules[\\\\/](prom-client|redis|@redis)[\\\\/]/.test(k));
-      process.stdout.write(JSON.stringify({ exports: ['distributor', 'default', 'distributorMetrics', 'distributorAdmin', 'adminRouter', 'VALIDATION_CODES'].filter((k) => !(k in m)), loaded }));
+      const path = require('node:path');
+      const peers = () => Object.keys(require.cache).filter((k) => /node_modules[\\\\/](prom-client|redis|@redis)[\\\\/]/.test(k));
+      const out = {};
+      for (const e of ['index', 'entry/redis', 'entry/relay', 'entry/metrics', 'entry/admin', 'entry/logging']) {
+        const m = require(path.join(${JSON.stringify(path.join(ROOT, 'dist'))}, e + '.js'));
+        out[e] = { names: Object.keys(m).sort(), peers: peers() };
+      }
+      process.stdout.write(JSON.stringify(out));
     `;
-    const out = JSON.parse(execFileSync(process.execPath, ['-e', script], { cwd: ROOT, encoding: 'utf8' })) as { exports: string[]; loaded: string[] };
-    expect(out).toEqual({ exports: [], loaded: [] });
+    const out = JSON.parse(execFileSync(process.execPath, ['-e', script], { cwd: ROOT, encoding: 'utf8' })) as Record<string, { names: string[]; peers: string[] }>;
+    for (const e of Object.keys(out)) expect({ e, peers: out[e].peers }).toEqual({ e, peers: [] });
+    expect(out.index.names).toEqual(expect.arrayContaining(['distributor', 'default', 'ChannelRegistry', 'ChannelStatus', 'MemoryStore', 'DistributorError', 'defaultAffinityRules', 'affinityFromNewApi', 'channelsFromNewApi']));
+    for (const moved of ['RedisStore', 'relay', 'distributorMetrics', 'distributorAdmin', 'adminRouter', 'VALIDATION_CODES', 'redactFormat']) expect(out.index.names).not.toContain(moved);
+    expect(out['entry/redis'].names).toEqual(['RedisStore', 'RedisStoreUnavailableError']);
+    expect(out['entry/relay'].names).toEqual(['DEFAULT_RETRY_STATUS', 'isRetryable', 'parseStatusRanges', 'relay']);
+    expect(out['entry/metrics'].names).toEqual(['distributorMetrics', 'mergeHooks']);
+    expect(out['entry/admin'].names).toEqual(['adminRouter', 'channelFromNewApi', 'distributorAdmin', 'normalizeModelName']);
+    expect(out['entry/logging'].names).toEqual(['VALIDATION_CODES', 'createDefaultLogger', 'redactFormat', 'redactText']);
   });
+
+  test('the main entry exports at most 40 names (values and types, the default export included)', () => {
+    const file = path.join(ROOT, 'dist', 'index.d.ts');
+    const program = ts.createProgram([file], { strict: true, noEmit: true, types: ['node'] });
+    const checker = program.getTypeChecker();
+    const symbol = checker.getSymbolAtLocation(program.getSourceFile(file) as ts.SourceFile);
+    const names = checker.getExportsOfModule(symbol as ts.Symbol).map((x) => x.getName()).sort();
+    expect(names).toContain('default');
+    expect(names).toContain('Distribution');
+    expect(names.length).toBeLessThanOrEqual(40);
+  });
+});
+
+describe('installed from the packed tarball', () => {
+  const dir = path.join(ROOT, '.tmp', `pack-${process.pid}`);
+  const modules = path.join(dir, 'node_modules');
+  beforeAll(() => {
+    rmSync(dir, { recursive: true, force: true });
+    mkdirSync(path.join(modules, 'express-channel-distributor'), { recursive: true });
+    const out = execFileSync('npm', ['pack', '--json', '--ignore-scripts', '--pack-destination', dir], { cwd: ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+    const tarball = path.join(dir, (JSON.parse(out) as Array<{ filename: string }>)[0].filename);
+    execFileSync('tar', ['-xzf', tarball, '-C', path.join(modules, 'express-channel-distributor'), '--strip-components=1']);
+    // the consumer's own dependencies: the repository's node_modules, linked (never our package)
+    for (const name of readdirSync(path.join(ROOT, 'node_modules'))) {
+      if (name === 'express-channel-distributor' || name === '.bin') continue;
+      symlinkSync(path.join(ROOT, 'node_modules', name), path.join(modules, name));
+    }
+  }, 120_000);
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  test('every entry resolves by name through exports and loads', () => {
+    const script = `
+      const out = {};
+      for (const e of ['', '/redis', '/relay', '/metrics', '/admin', '/logging']) out[e || '.'] = Object.keys(require('express-channel-distributor' + e)).length;
+      out.internal = (() => { try { require('express-channel-distributor/dist/run/request-run'); return 'reachable'; } catch (e) { return e.code; } })();
+      process.stdout.write(JSON.stringify(out));
+    `;
+    const out = JSON.parse(execFileSync(process.execPath, ['-e', script], { cwd: dir, encoding: 'utf8' })) as Record<string, number | string>;
+    for (const e of ['.', '/redis', '/relay', '/metrics', '/admin', '/logging']) expect({ e, n: (out[e] as number) > 0 }).toEqual({ e, n: true });
+    expect(out.internal).toBe('ERR_PACKAGE_PATH_NOT_EXPORTED'); // internals are not part of the API
+  });
+
+  test.each([
+    ['node16 (exports)', ts.ModuleResolutionKind.Node16, ts.ModuleKind.Node16],
+    ['node10 (typesVersions)', ts.ModuleResolutionKind.Node10, ts.ModuleKind.CommonJS],
+  ])('a strict consumer type-checks every entry under %s resolution', (_label, moduleResolution, module) => {
+    const file = path.join(dir, `consumer-${moduleResolution}.ts`);
+    writeFileSync(file, [
+      "import express from 'express';",
+      "import { distributor, MemoryStore, type Distribution } from 'express-channel-distributor';",
+      "import { RedisStore } from 'express-channel-distributor/redis';",
+      "import { relay, isRetryable } from 'express-channel-distributor/relay';",
+      "import { mergeHooks } from 'express-channel-distributor/metrics';",
+      "import { distributorAdmin } from 'express-channel-distributor/admin';",
+      "import { redactFormat } from 'express-channel-distributor/logging';",
+      'const app = express();',
+      "const mw = distributor({ channels: [{ id: 1, models: 'm' }], store: new MemoryStore(), on: mergeHooks({}) });",
+      "app.use(mw, relay({ forwardHeaders: ['x-a'] }));",
+      'const s = new RedisStore({ sendCommand: async () => null });',
+      "app.use((_req, res) => { const d: Distribution | undefined = res.locals.distribution; res.json({ d, k: res.locals.channel?.key }); });",
+      'void [s, isRetryable, distributorAdmin(mw), redactFormat];',
+      '',
+    ].join('\n'));
+    const program = ts.createProgram([file], { strict: true, noEmit: true, skipLibCheck: false, esModuleInterop: true, types: ['node'], target: ts.ScriptTarget.ES2022, module, moduleResolution, typeRoots: [path.join(modules, '@types')] });
+    const diags = ts.getPreEmitDiagnostics(program).map((d) => ts.flattenDiagnosticMessageText(d.messageText, '\n'));
+    expect(diags).toEqual([]);
+  }, 120_000);
 });

@@ -3,7 +3,7 @@
 import { afterAll, beforeAll, expect, test } from '@jest/globals';
 import { createClient } from 'redis';
 import request from 'supertest';
-import { RedisStore } from '../lib';
+import { RedisStore } from '../lib/entry/redis';
 import { createApp } from './helpers/create-app';
 import { describeRedis } from './helpers/redis';
 

@@ -114,7 +114,7 @@ describe('forwarding', () => {
 
   test('without distributor() the relay answers 500 no_channel', async () => {
     const express = (await import('express')).default;
-    const { relay } = await import('../lib');
+    const { relay } = await import('../lib/entry/relay');
     const fwd = relay();
     const app = express();
     app.post('/v1/chat/completions', fwd);
@@ -503,7 +503,7 @@ describe('helpers', () => {
   });
 
   test('relay() rejects invalid options', async () => {
-    const { relay } = await import('../lib');
+    const { relay } = await import('../lib/entry/relay');
     expect(() => relay({ timeoutMs: 0 })).toThrow(/timeoutMs/);
     expect(() => relay({ bodyTimeoutMs: -1 })).toThrow(/bodyTimeoutMs/);
   });

@@ -54,7 +54,7 @@ describe('types seen by a strict consumer', () => {
     mkdirSync(bareDir, { recursive: true });
     try {
       // The same fixture with every expected-error directive removed.
-      writeFileSync(bare, source.replace(/^(\s*)\/\/ @ts-expect-error -- expect: .*$/gm, '$1// (directive removed)').split("'../../lib'").join(JSON.stringify(path.join(ROOT, 'lib'))));
+      writeFileSync(bare, source.replace(/^(\s*)\/\/ @ts-expect-error -- expect: .*$/gm, '$1// (directive removed)').split("'../../lib").join(`'${path.join(ROOT, 'lib')}`));
       diags = compile([FIXTURE, bare], { ...STRICT, module: ts.ModuleKind.CommonJS, moduleResolution: ts.ModuleResolutionKind.Node10 });
     } finally {
       rmSync(bareDir, { recursive: true, force: true });
@@ -106,7 +106,8 @@ describe('types seen by a strict consumer', () => {
       mkdirSync(dir, { recursive: true });
       const file = path.join(dir, 'consumer.ts');
       try {
-        writeFileSync(file, source.split("'../../lib'").join("'express-channel-distributor'"));
+        // every entry by its published name: the main entry and each subpath (exports -> types)
+        writeFileSync(file, source.split("'../../lib'").join("'express-channel-distributor'").replace(/'\.\.\/\.\.\/lib\/entry\/(\w+)'/g, "'express-channel-distributor/$1'"));
         const diags = compile([file], {
           ...STRICT, module: ts.ModuleKind.Node16, moduleResolution: ts.ModuleResolutionKind.Node16, exactOptionalPropertyTypes: true,
         });

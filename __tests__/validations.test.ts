@@ -6,7 +6,8 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import express from 'express';
 import request from 'supertest';
-import { ChannelRegistry, MemoryStore, VALIDATION_CODES, distributor, type DistributorHandler, type DistributorOptions, type Logger } from '../lib';
+import { ChannelRegistry, MemoryStore, distributor, type DistributorHandler, type DistributorOptions, type Logger } from '../lib';
+import { VALIDATION_CODES } from '../lib/entry/logging';
 import { resetValidations } from '../lib/validations';
 import { memoryLogger } from './helpers/create-app';
 

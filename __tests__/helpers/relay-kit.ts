@@ -5,7 +5,10 @@ import express, { type NextFunction, type Request, type Response } from 'express
 import type { AddressInfo } from 'node:net';
 import type { Server } from 'node:http';
 import { Agent, request } from 'undici';
-import { distributor, relay, type ChannelInput, type Distribution, type DistributorHandler, type DistributorOptions, type RelayHandler, type RelayOptions, type RelayUpstreamError, type RequestContext } from '../../lib';
+import {
+  distributor, type ChannelInput, type Distribution, type DistributorHandler, type DistributorOptions, type RequestContext,
+} from '../../lib';
+import { relay, type RelayHandler, type RelayOptions, type RelayUpstreamError } from '../../lib/entry/relay';
 import { closedPortUrl, startMockUpstream, type MockUpstream, type MockUpstreamOptions } from '../../examples/gateway/mock-upstream';
 import { memoryLogger } from './create-app';
 

@@ -9,7 +9,10 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { inspect } from 'node:util';
 import request from 'supertest';
-import { ChannelStatus, DistributorError, distributor, relay, type ChannelInput, type Distribution, type DistributorHandler, type DistributorOptions } from '../../lib';
+import {
+  ChannelStatus, DistributorError, distributor, type ChannelInput, type Distribution, type DistributorHandler, type DistributorOptions,
+} from '../../lib';
+import { relay } from '../../lib/entry/relay';
 import { memoryLogger } from '../helpers/create-app';
 import { sleep } from '../helpers/fake-relay';
 

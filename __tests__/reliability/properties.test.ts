@@ -7,9 +7,9 @@ import express, { type NextFunction, type Request, type Response } from 'express
 import fc from 'fast-check';
 import http from 'node:http';
 import {
-  ChannelRegistry, ChannelStatus, DistributorError, MemoryStore, defaultAffinityRules, distributor, isRetryable,
-  parseStatusRanges, relay, type AffinityRule, type ChannelInput, type DistributorHandler, type RelayHandler, type RequestContext,
+  ChannelRegistry, ChannelStatus, DistributorError, MemoryStore, defaultAffinityRules, distributor, type AffinityRule, type ChannelInput, type DistributorHandler, type RequestContext,
 } from '../../lib';
+import { isRetryable, parseStatusRanges, relay, type RelayHandler } from '../../lib/entry/relay';
 import { compilePath, getNested, getPath, valueText } from '../../lib/request/json-path';
 import { selectChannel } from '../../lib/selection/select';
 import { startMockUpstream, type MockUpstream } from '../../examples/gateway/mock-upstream';

@@ -5,7 +5,8 @@
 import { afterAll, describe, expect, test } from '@jest/globals';
 import net from 'node:net';
 import { createClient } from 'redis';
-import { RedisStore, type ChannelInput } from '../../lib';
+import { RedisStore } from '../../lib/entry/redis';
+import { type ChannelInput } from '../../lib';
 import { memoryLogger } from '../helpers/create-app';
 import { hasRedisServer, startRedisServer, type OwnRedis } from '../helpers/redis';
 import { closeClient, ctx, gateway, mock, post, stopAll, type Gateway, type Reply } from '../helpers/relay-kit';

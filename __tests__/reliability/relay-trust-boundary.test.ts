@@ -10,7 +10,10 @@ import { EventEmitter } from 'node:events';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { gzipSync, gunzipSync } from 'node:zlib';
-import { ChannelStatus, distributor, relay, type ChannelInput, type DistributorHandler, type DistributorOptions, type RelayHandler, type RelayOptions, type RequestContext } from '../../lib';
+import {
+  ChannelStatus, distributor, type ChannelInput, type DistributorHandler, type DistributorOptions, type RequestContext,
+} from '../../lib';
+import { relay, type RelayHandler, type RelayOptions } from '../../lib/entry/relay';
 import { memoryLogger } from '../helpers/create-app';
 import { closeClient, mock, post, stopAll } from '../helpers/relay-kit';
 import { sendRaw, sleep } from './kit';

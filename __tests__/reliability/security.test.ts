@@ -6,9 +6,9 @@ import { afterAll, describe, expect, test } from '@jest/globals';
 import fc from 'fast-check';
 import { createClient } from 'redis';
 import {
-  ChannelStatus, DistributorError, RedisStore, affinityFromNewApi, defaultAffinityRules, distributor, type AffinityRule,
-  type RequestContext,
+  ChannelStatus, DistributorError, affinityFromNewApi, defaultAffinityRules, distributor, type AffinityRule, type RequestContext,
 } from '../../lib';
+import { RedisStore } from '../../lib/entry/redis';
 import { MAX_MATCHED_VALUE, matchAffinity } from '../../lib/affinity/key';
 import { compileRules } from '../../lib/affinity/rules';
 import { memoryLogger } from '../helpers/create-app';

@@ -3,10 +3,12 @@
 // name, through package.json `exports`). Each `@ts-expect-error -- expect: TEXT` line must be an
 // error whose message contains TEXT.
 import express, { type NextFunction, type Request, type Response } from 'express';
-import {
-  adminRouter, distributor, distributorAdmin, distributorMetrics, mergeHooks,
-  type Channel, type ChannelHealth, type Distribution, type DistributorHandler, type RetryFailure,
-} from '../../lib';
+import { adminRouter, distributorAdmin } from '../../lib/entry/admin';
+import { distributor, type Channel, type ChannelHealth, type Distribution, type DistributorHandler, type RetryFailure } from '../../lib';
+import { distributorMetrics, mergeHooks } from '../../lib/entry/metrics';
+import { createDefaultLogger, redactFormat, VALIDATION_CODES, type ValidationCode } from '../../lib/entry/logging';
+import { RedisStore, type RedisSendCommand } from '../../lib/entry/redis';
+import { relay, type RelayUpstreamError } from '../../lib/entry/relay';
 
 export function consumer(): DistributorHandler {
   const app = express();
@@ -39,6 +41,18 @@ export function consumer(): DistributorHandler {
   const health: ChannelHealth | undefined = distributorAdmin(mw).channelHealth(1);
   app.use('/admin', adminRouter(mw, { guard: (_req, _res, next) => next() }));
   void [text, health];
+
+  // every subpath entry, typed
+  const send: RedisSendCommand = async () => null;
+  const shared = distributor({ channels: [], store: new RedisStore({ sendCommand: send, failuresBeforeBackoff: 2 }), logger: createDefaultLogger('error') });
+  const errors: RelayUpstreamError[] = [];
+  app.post('/v1/responses', relay({ forwardHeaders: ['x-trace-id', /^x-my-/], onUpstreamError: (e) => errors.push(e) }));
+  const code: ValidationCode = VALIDATION_CODES.memoryStoreInProduction;
+  void [shared, code, redactFormat];
+  // @ts-expect-error -- expect: 'forwardHeaders'
+  relay({ forwardHeader: ['x-a'] });
+  // @ts-expect-error -- expect: 'failuresBeforeBackof'
+  new RedisStore({ sendCommand: send, failuresBeforeBackof: 2 });
 
   // @ts-expect-error -- expect: 'retyr'
   distributor({ channels: [], retyr: {} });

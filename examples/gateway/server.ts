@@ -21,9 +21,10 @@ import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { Registry } from 'prom-client';
 import {
-  ChannelRegistry, MemoryStore, defaultAffinityRules, distributor, distributorMetrics, relay,
-  type ChannelInput, type DistributorHandler, type RelayHandler, type RequestContext,
+  ChannelRegistry, MemoryStore, defaultAffinityRules, distributor, type ChannelInput, type DistributorHandler, type RequestContext,
 } from '../../lib';
+import { distributorMetrics } from '../../lib/entry/metrics';
+import { relay, type RelayHandler } from '../../lib/entry/relay';
 import { closedPortUrl, startMockUpstream, type MockBehaviour, type MockUpstream } from './mock-upstream';
 
 export interface GatewayOptions {

@@ -10,7 +10,8 @@ import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import express from 'express';
 import { createClient } from 'redis';
-import { distributor, RedisStore, type ChannelInput, type DistributorHandler } from '../../lib';
+import { distributor, type ChannelInput, type DistributorHandler } from '../../lib';
+import { RedisStore } from '../../lib/entry/redis';
 
 const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const PREFIX = 'ecd-example-multi:';
