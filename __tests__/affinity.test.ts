@@ -1,5 +1,5 @@
-// Channel affinity (API.md section 6), mapped to reference scenarios 27-32, 36-42 and 46.
-// Adaptations (API.md wins over the reference):
+// Channel affinity (docs/affinity.md), following new-api's channel affinity.
+// Adaptations (our contract wins over new-api's behaviour):
 // - store keys are `aff:<rule>:<hash>` (value hashed, caller-scoped), not
 //   `new-api:channel_affinity:v1:<rule>:<group>:<raw value>`; we assert key equality/inequality
 //   between requests instead of the literal key text;

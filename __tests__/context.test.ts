@@ -1,4 +1,4 @@
-// Request context and the order of checks (API.md section 4), mapped to reference scenarios 10-12.
+// Request context and the order of checks (docs/channels-and-selection.md), as in new-api.
 // Adaptations: the token is given as a RequestContext (res.locals.token) instead of new-api's
 // `sk-<key>-<channelId>` parsing; codes model_not_allowed / invalid_channel_id / channel_disabled /
 // channel_setup_failed replace new-api's empty code; "limit map absent" (S11) becomes
@@ -153,7 +153,7 @@ describe('S12: specific channel (admin pin via context.specificChannelId)', () =
   });
 });
 
-describe('API.md section 4 order: parse (400/413), specific channel (400/403), model limits (403), model required (400), selection (503)', () => {
+describe('the order of checks: parse (400/413), specific channel (400/403), model limits (403), model required (400), selection (503)', () => {
   test('parse 400 beats an unknown specific channel', async () => {
     const { app: a } = app();
     const r = await request(a).post('/v1/chat/completions').set(ctx({ specificChannelId: 999 })).set('content-type', 'application/json').send('{bad').expect(400);

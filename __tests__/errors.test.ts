@@ -1,4 +1,4 @@
-// Errors and secrets (API.md section 10, with the 503 of section 7): every error response is
+// Errors and secrets (docs/errors-and-validations.md, and the setup-failure 503): every error response is
 // {error:{message,type:'distributor_error',code}}; channel keys, authorization header values and
 // raw affinity values never appear in an error message, in res.locals.distribution or in a log line.
 // Adaptation: new-api answers type 'new_api_error' with an empty code and a request-id suffix.

@@ -1,6 +1,6 @@
 // Channel health through the public API, over HTTP: cooldowns, auto-disable (status and keywords,
 // autoBan, multi-key), re-enable, and health shared by distributors on one MemoryStore
-// (API.md section 8; reference §8, S51-S53).
+// (docs/retry-and-health.md; new-api's auto-disable where the docs say we follow it).
 import { afterEach, describe, expect, test } from '@jest/globals';
 import request from 'supertest';
 import { ChannelRegistry, ChannelStatus, MemoryStore, type AffinityRule, type ChannelInput, type DistributorHandler, type DistributorOptions, type DistributorHooks } from '../lib';

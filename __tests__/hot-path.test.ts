@@ -1,5 +1,5 @@
 // The hot path does no per-request compilation: rule regexes are compiled once in distributor()
-// and the routing index is rebuilt only on registry changes (API.md sections 2 and 6).
+// and the routing index is rebuilt only on registry changes (docs/architecture.md).
 import { afterAll, afterEach, describe, expect, jest, test } from '@jest/globals';
 import express from 'express';
 import request from 'supertest';

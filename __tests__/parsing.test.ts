@@ -1,4 +1,4 @@
-// Request parsing (API.md section 3), mapped to reference scenarios 1-6 and 57.
+// Request parsing (docs/channels-and-selection.md), following new-api's extraction rules.
 // Adaptations: errors are {error:{message,type:'distributor_error',code}} with codes
 // invalid_request / model_required / request_too_large / group_forbidden instead of new-api's
 // type 'new_api_error' and empty code; messages carry no "(request id: ...)" suffix.

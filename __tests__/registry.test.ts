@@ -1,6 +1,6 @@
-// ChannelRegistry (API.md section 2) and multi-key channels (section 7), plus reference S23
-// (gizmo model-name normalisation). Adaptation: groups and models are trimmed (API.md), unlike
-// new-api's router which splits on ',' without trimming (reference 1.1).
+// ChannelRegistry and multi-key channels (docs/channels-and-selection.md), plus new-api's gizmo
+// model-name normalisation. Adaptation: groups and models are trimmed, unlike new-api's router,
+// which splits on ',' without trimming.
 import { describe, expect, test } from '@jest/globals';
 import type { Request, Response } from 'express';
 import request from 'supertest';
@@ -55,7 +55,7 @@ describe('validation: ERR_DIST_INVALID_CHANNEL naming the channel', () => {
   });
 });
 
-describe('comma-separated groups and models are trimmed (API.md; the reference does not trim)', () => {
+describe('comma-separated groups and models are trimmed (new-api does not trim)', () => {
   test('string lists', async () => {
     const channels: ChannelInput[] = [{ id: 1, group: ' default , vip ', models: ' gpt-4o , gpt-4o-mini ' }];
     const reg = new ChannelRegistry(channels);

@@ -1,6 +1,6 @@
 // res.locals.distribution.retry() through the public API, over HTTP, with a fake relay that
-// simulates upstream results per channel (API.md sections 5, 6, 7, 8; reference §6, S20/S21,
-// S26, S33-S36, S47-S50, S55).
+// simulates upstream results per channel (docs/retry-and-health.md, docs/channels-and-selection.md;
+// new-api's retry behaviour where the docs say we follow it).
 import { afterEach, describe, expect, test } from '@jest/globals';
 import request from 'supertest';
 import { distributor, DistributorError, type AffinityRule, type ChannelInput, type DistributorHandler, type DistributorOptions } from '../lib';

@@ -1,4 +1,4 @@
-// Selection (API.md section 5), mapped to reference scenarios 9, 15-19, 24, 25.
+// Selection (docs/channels-and-selection.md), following new-api's tiered weighted pick.
 // Adaptations: weights are proportional inside a tier and all-zero tiers get equal chances
 // (the reference's x100 smoothing gives the same proportions); tried channels are excluded, so a
 // lone channel is not re-picked on retry (S19); 503 messages carry no "(distributor) (request id)".

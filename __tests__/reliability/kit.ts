@@ -1,4 +1,4 @@
-// Shared pieces of the reliability suites (issue #7): planted secrets and the leak check, a raw
+// Shared pieces of the reliability suites (docs/reliability.md): planted secrets and the leak check, a raw
 // HTTP sender that writes exactly the bytes a case asks for, the OpenAI error-shape check, and a
 // prototype snapshot for the pollution checks.
 import { EventEmitter } from 'node:events';

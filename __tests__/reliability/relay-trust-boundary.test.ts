@@ -1,4 +1,4 @@
-// relay() at the trust boundary (issue 11, API.md 11.1): what a caller can make the relay send
+// relay() at the trust boundary (docs/security.md, docs/relay.md): what a caller can make the relay send
 // upstream (headers, the `key` query parameter, a mislabelled body, dot segments and absolute-form
 // targets), what an upstream can make it send back (the channel key in response headers), and
 // that no upstream request is made or left open for a client that has gone. Real loopback

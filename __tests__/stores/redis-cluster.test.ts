@@ -11,7 +11,7 @@ import { pinKey, redisStorePair, runStoreContract } from './store-contract';
 type Cluster = ReturnType<typeof createCluster>;
 const BASE = 'ecd-test-cluster:';
 
-/** The one-liners docs/redis.md gives for a node-redis cluster. */
+/** The one-liners docs/stores.md gives for a node-redis cluster. */
 function clusterOptions(cluster: Cluster, prefix: string): RedisStoreOptions {
   return {
     sendCommandCluster: ({ key, isReadOnly, command }) => cluster.sendCommand(key, isReadOnly, command),

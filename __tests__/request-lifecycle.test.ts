@@ -1,4 +1,6 @@
-// Regression tests for fixes made during the API.md review.
+// A request's lifecycle at its edges: a retry after the response finished, a client gone before
+// the close listener, overlapping retry() calls, an onError that answers and throws, and the
+// group an `auto` request names in its 503.
 import { afterEach, describe, expect, test } from '@jest/globals';
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';

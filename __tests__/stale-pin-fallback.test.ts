@@ -1,6 +1,6 @@
-// The three bugs named in the review of new-api PR #4053 "fix: retry fallback for channel
-// affinity failures" (seeds/pr-4053-affinity-retry-fallback.txt, reference section 7.4), each
-// pinned by tests that fail on the buggy behaviour:
+// Stale pins never block fallback: the three bugs named in the review of new-api's pull request
+// "fix: retry fallback for channel affinity failures" (#4053), each pinned by tests that fail on
+// the buggy behaviour (docs/affinity.md):
 // (1) the "cache key prefix mismatch": clearing must delete the exact key the lookup read;
 // (2) the skip-retry check after a *setup* failure blocked fallback: it must not;
 // (3) "duplicate channel picks consuming retries": a re-roll that repeats a tried channel must
