@@ -15,6 +15,7 @@ import {
 import { relay } from '../../lib/entry/relay';
 import { memoryLogger } from '../helpers/create-app';
 import { sleep } from '../helpers/fake-relay';
+import { abandonedPost } from '../helpers/ports';
 
 const handlers: DistributorHandler[] = [];
 const closers: Array<() => Promise<void>> = [];
@@ -23,13 +24,25 @@ afterAll(async () => {
   await Promise.all(handlers.map((h) => h.shutdown()));
 });
 
+/** A loopback server stopped after the file's tests; resolves to its base URL. */
+async function listen(handler: http.RequestListener): Promise<{ url: string; port: number }> {
+  const server = http.createServer(handler);
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  closers.push(() => new Promise<void>((r) => {
+    server.close(() => r());
+    server.closeAllConnections();
+  }));
+  const { port } = server.address() as AddressInfo;
+  return { url: `http://127.0.0.1:${port}`, port };
+}
+
 /**
  * An upstream that quotes the caller's input back in its 400, as OpenAI does for an invalid
  * enum value (`Invalid value: 'xyz'. Supported values are: ...`), and counts what it saw.
  */
 async function echoingUpstream(): Promise<{ url: string; hits: () => number }> {
   let hits = 0;
-  const server = http.createServer((req, res) => {
+  const { url } = await listen((req, res) => {
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
     req.on('end', () => {
@@ -49,12 +62,7 @@ async function echoingUpstream(): Promise<{ url: string; hits: () => number }> {
       res.end(JSON.stringify({ id: 'ok', object: 'chat.completion', choices: [] }));
     });
   });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
-  closers.push(() => new Promise<void>((r) => {
-    server.close(() => r());
-    server.closeAllConnections();
-  }));
-  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, hits: () => hits };
+  return { url, hits: () => hits };
 }
 
 const three = (baseUrl: string): ChannelInput[] => [1, 2, 3].map((id) => ({ id, models: 'gpt-4o', priority: 10 - id, key: `sk-upstream-${id}-0123456789`, baseUrl: `${baseUrl}/v1` }));
@@ -140,7 +148,7 @@ describe('a caller\'s input echoed by the upstream never disables a channel', ()
 
   test('with retryable statuses the retry walks every channel, and none is disabled', async () => {
     // an upstream that answers 500 quoting the caller: every attempt is retried and reported
-    const server = http.createServer((req, res) => {
+    const { url } = await listen((req, res) => {
       const chunks: Buffer[] = [];
       req.on('data', (c: Buffer) => chunks.push(c));
       req.on('end', () => {
@@ -148,12 +156,6 @@ describe('a caller\'s input echoed by the upstream never disables a channel', ()
         res.end(JSON.stringify({ error: { message: `upstream could not handle: ${Buffer.concat(chunks).toString('utf8')}` } }));
       });
     });
-    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
-    closers.push(() => new Promise<void>((r) => {
-      server.close(() => r());
-      server.closeAllConnections();
-    }));
-    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
     const { app, mw } = gatewayApp({ channels: three(url), health: { autoDisable: {} } });
     const r = await request(app).post('/v1/chat/completions').send({ model: 'gpt-4o', messages: [{ role: 'user', content: 'Your credit balance is too low' }] });
     expect(r.status).toBe(500);
@@ -162,16 +164,10 @@ describe('a caller\'s input echoed by the upstream never disables a channel', ()
   });
 
   test('the same keyword, not sent by the caller, still disables (the rule is not switched off)', async () => {
-    const server = http.createServer((_req, res) => {
+    const { url } = await listen((_req, res) => {
       res.writeHead(403, { 'content-type': 'application/json' });
       res.end(JSON.stringify({ error: { message: 'Permission denied: this organization has no access' } }));
     });
-    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
-    closers.push(() => new Promise<void>((r) => {
-      server.close(() => r());
-      server.closeAllConnections();
-    }));
-    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
     const { app, mw } = gatewayApp({ channels: three(url).slice(0, 1), retry: { times: 0 }, health: { autoDisable: {} } });
     await request(app).post('/v1/chat/completions').send({ model: 'gpt-4o' }).expect(403);
     await sleep(10);
@@ -199,19 +195,13 @@ describe('a caller\'s input echoed by the upstream never disables a channel', ()
 
 describe('client-caused statuses never cool a channel', () => {
   test('three 1.2 MB bodies answered 413 by the upstream leave every channel serving', async () => {
-    const server = http.createServer((req, res) => {
+    const { url } = await listen((req, res) => {
       req.resume();
       req.on('end', () => {
         res.writeHead(413, { 'content-type': 'application/json' });
         res.end(JSON.stringify({ error: { message: 'Request entity too large' } }));
       });
     });
-    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
-    closers.push(() => new Promise<void>((r) => {
-      server.close(() => r());
-      server.closeAllConnections();
-    }));
-    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
     const { app, mw } = gatewayApp({ channels: three(url), health: { cooldown: { failures: 3, durationMs: 30_000 } } });
     const big = 'x'.repeat(1_200_000);
     for (let i = 0; i < 3; i++) await request(app).post('/v1/chat/completions').send({ model: 'gpt-4o', input: big }).expect(413);
@@ -334,18 +324,8 @@ describe('distribution.signal', () => {
       if (!d.signal.aborted) upstreamCalls++;
       res.end();
     });
-    const server = app.listen(0, '127.0.0.1');
-    await new Promise<void>((r) => server.once('listening', () => r()));
-    closers.push(() => new Promise<void>((r) => {
-      server.close(() => r());
-      server.closeAllConnections();
-    }));
-    const { port } = server.address() as AddressInfo;
-    const req = http.request({ port, host: '127.0.0.1', method: 'POST', path: '/v1/chat/completions', headers: { 'content-type': 'application/json' } });
-    req.on('error', () => undefined);
-    req.end(JSON.stringify({ model: 'gpt-4o' }));
-    await sleep(20);
-    req.destroy();
+    const { port } = await listen(app);
+    await abandonedPost(port, '/v1/chat/completions', { model: 'gpt-4o' }, 20);
     const t0 = Date.now();
     while (!seen && Date.now() - t0 < 2000) await sleep(10);
     expect(seen).toEqual({ aborted: true });
@@ -364,13 +344,7 @@ describe('distribution.signal', () => {
       if (req.headers['x-n'] === 'slow') return; // never answers: the client will leave
       res.json({ ok: true });
     });
-    const server = app.listen(0, '127.0.0.1');
-    await new Promise<void>((r) => server.once('listening', () => r()));
-    closers.push(() => new Promise<void>((r) => {
-      server.close(() => r());
-      server.closeAllConnections();
-    }));
-    const { port } = server.address() as AddressInfo;
+    const { port } = await listen(app);
     await request(`http://127.0.0.1:${port}`).post('/v1/chat/completions').set('x-n', 'fast').send({ model: 'gpt-4o' }).expect(200);
     const req = http.request({ port, host: '127.0.0.1', method: 'POST', path: '/v1/chat/completions', headers: { 'content-type': 'application/json', 'x-n': 'slow' } });
     req.on('error', () => undefined);
