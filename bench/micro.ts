@@ -69,7 +69,7 @@ function selectionTimes(n: number): SelectionTimes {
   const pick = timeIt('pick', 300_000, () => void (sink += selectChannel(tiers, all, Math.random) !== undefined ? 1 : 0));
   const pickEx = timeIt('pickEx', 300_000, () => void (sink += selectChannel(tiers, ex, Math.random) !== undefined ? 1 : 0));
   const cfg = resolveOptions({ channels: channels(n), logger: { warn() {}, error() {} } });
-  const rt = createRuntime(cfg);
+  const rt = createRuntime(cfg, () => undefined);
   const groups = ['default'];
   const none: number[] = []; // a request's first pick: nothing tried yet
   const runPick = timeIt('nextChannel', 300_000, () => void (sink += nextChannel(rt, 'gpt-4o', none, groups).ch !== undefined ? 1 : 0));

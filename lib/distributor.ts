@@ -149,8 +149,8 @@ function notSelected(rt: Runtime, req: Request, res: Response): 'next' {
  */
 export function distributor(options: DistributorOptions): DistributorHandler {
   const cfg = resolveOptions(options);
-  const releaseValidations = runValidations(cfg, options);
-  const rt = createRuntime(cfg);
+  const validations = runValidations(cfg, options);
+  const rt = createRuntime(cfg, validations.warn);
   rt.health.start();
 
   const handler = function distributorMiddleware(req: Request, res: Response, next: NextFunction): void {
@@ -173,7 +173,7 @@ export function distributor(options: DistributorOptions): DistributorHandler {
     store: { value: cfg.store, enumerable: true },
     shutdown: {
       value: async () => {
-        releaseValidations();
+        validations.release();
         rt.health.stop();
         if (cfg.ownsStore) await cfg.store.shutdown?.();
       },

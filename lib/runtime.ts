@@ -3,6 +3,8 @@ import { KeyPicker } from './channels/multi-key';
 import type { ChannelRegistry } from './channels/registry';
 import { HealthBook } from './health/book';
 import type { Config } from './options';
+import { UsageBook } from './affinity/usage';
+import type { Validations } from './validations';
 import { StoreGuard } from './store-guard';
 
 export interface Runtime {
@@ -14,9 +16,11 @@ export interface Runtime {
   /** Requests in flight and requests currently retrying (for the retry budget). */
   counters: { active: number; retrying: number };
   debug: boolean;
+  /** Per-rule lookups, hits and cached-token ratios (`affinityReport()`). */
+  usage: UsageBook;
 }
 
-export function createRuntime(cfg: Config): Runtime {
+export function createRuntime(cfg: Config, warn: Validations['warn']): Runtime {
   const guard = new StoreGuard(cfg);
   const health = new HealthBook(cfg, cfg.registry, guard);
   const logger = cfg.logger as { isDebugEnabled?: () => boolean; level?: string };
@@ -24,5 +28,7 @@ export function createRuntime(cfg: Config): Runtime {
   // `level` of debug/silly, or a custom logger without levels. `console` gets none (stdout noise).
   const debug = typeof cfg.logger.debug === 'function' && cfg.logger !== console &&
     (typeof logger.isDebugEnabled === 'function' ? logger.isDebugEnabled() : logger.level === undefined || logger.level === 'debug' || logger.level === 'silly');
-  return { cfg, registry: cfg.registry, health, keys: new KeyPicker(cfg.random), guard, counters: { active: 0, retrying: 0 }, debug };
+  const usage = new UsageBook((rule, ratio, reports) => warn('affinityNoValue', rule.name,
+    `affinity rule "${rule.name}": pinned requests cached ${(ratio * 100).toFixed(1)} % of their input tokens over ${reports} usage reports, below minCachedRatio ${rule.minCachedRatio}; the upstream does not keep a prompt cache for these sessions, so the pins concentrate load for nothing`));
+  return { cfg, registry: cfg.registry, health, keys: new KeyPicker(cfg.random), guard, counters: { active: 0, retrying: 0 }, debug, usage };
 }

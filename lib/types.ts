@@ -98,6 +98,14 @@ export interface AffinityRule {
   ttlSeconds?: number;
   /** Stop upstream retries after a failure, but only when the pin was actually used. */
   skipRetryOnFailure?: boolean;
+  /**
+   * Warn (`WRN_DIST_AFFINITY_NO_VALUE`, once) when this rule's pinned requests show a cached/input
+   * token ratio below this after `evaluateAfter` usage reports on hits: the upstream does not
+   * cache for these sessions, so affinity costs spread and buys nothing. Off unless given (0-1).
+   */
+  minCachedRatio?: number;
+  /** Usage reports on hits before `minCachedRatio` is judged. Default 500. */
+  evaluateAfter?: number;
   includeUsingGroup?: boolean;
   includeModelName?: boolean;
   includeRuleName?: boolean;
@@ -116,6 +124,18 @@ export interface AffinityOptions {
   clearOnFailure?: boolean;
   /** Default 3600. */
   defaultTtlSeconds?: number;
+  /**
+   * Default true: on a multi-key channel the pin records the key too, a hit uses the same key,
+   * and a key that is disabled or cooling moves the pin to another key of the same channel.
+   */
+  keyLevel?: boolean;
+  /**
+   * Default true: on a miss the chosen channel (and key) is reserved under the pin key before
+   * `next()` (add-if-absent), so concurrent first requests of one session use one channel.
+   */
+  coalesce?: boolean;
+  /** How long a reservation lives until a success turns it into a pin (ms). Default 30,000. */
+  reserveTtlMs?: number;
 }
 
 export interface RetryOptions {
@@ -175,6 +195,18 @@ export interface AffinityInfo {
   used: boolean;
   stale?: StaleReason;
   cleared: boolean;
+  /** The key index the pin recorded (multi-key channels with `affinity.keyLevel`). */
+  keyIndex?: number;
+}
+
+/** Token usage of one upstream answer, as a relay reports it (`distribution.reportUsage()`). */
+export interface UsageReport {
+  inputTokens?: number;
+  outputTokens?: number;
+  /** Input tokens served from the provider's prompt cache. */
+  cachedTokens?: number;
+  /** Input tokens written to the provider's prompt cache (Anthropic `cache_creation_input_tokens`). */
+  cacheWriteTokens?: number;
 }
 
 export interface Attempt {
@@ -216,6 +248,11 @@ export interface Distribution {
    */
   fail(failure?: RetryFailure): Promise<void>;
   /**
+   * Reports the token usage of the answer that served (`relay()` does it itself from JSON and SSE
+   * answers). Feeds the `usage` hook, `distributor_tokens_total` and `affinityReport()`.
+   */
+  reportUsage(usage: UsageReport): void;
+  /**
    * Aborted when the client's connection closes before the response finished (also when it
    * closed while the distributor was still reading the body or the store). `relay()` checks it
    * before every upstream call and aborts the upstream request when it fires; pass it to your
@@ -240,6 +277,8 @@ export interface DistributorHooks {
   retry?(e: { req: Request; from: number; to: number; status?: number; attempt: number }): void;
   exhausted?(e: { req: Request; reason: StopReason; tried: number[]; status?: number }): void;
   storeError?(e: { operation: string; error: Error }): void;
+  /** Each usage report: the channel and key that served, the rule, and whether the pin was used. */
+  usage?(e: { req: Request; channelId: number; keyIndex?: number; rule?: string; affinity: 'hit' | 'miss' | 'none'; usage: UsageReport }): void;
   health?(e: { channelId: number; event: 'cooldown' | 'auto_disabled' | 'key_disabled' | 're_enabled'; until?: number; keyIndex?: number }): void;
 }
 
@@ -254,7 +293,8 @@ export type ValidationName =
   | 'creationStack'
   | 'emptyChannels'
   | 'ruleNeverMatches'
-  | 'unsafeRegex';
+  | 'unsafeRegex'
+  | 'affinityNoValue';
 
 /** A channel's health as this instance sees it (`handler.health(id)`, the admin helpers). */
 export interface ChannelHealth {

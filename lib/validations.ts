@@ -23,6 +23,7 @@ export const VALIDATION_CODES = {
   emptyChannels: 'WRN_DIST_NO_CHANNELS',
   ruleNeverMatches: 'WRN_DIST_RULE_NEVER_MATCHES',
   unsafeRegex: 'WRN_DIST_UNSAFE_REGEX',
+  affinityNoValue: 'WRN_DIST_AFFINITY_NO_VALUE',
 } as const satisfies { [K in ValidationName]: `${'WRN' | 'ERR'}_DIST_${string}` };
 
 export type ValidationCode = (typeof VALIDATION_CODES)[ValidationName];
@@ -31,10 +32,11 @@ export type ValidationCode = (typeof VALIDATION_CODES)[ValidationName];
 type KeysOf<T> = { [K in keyof Required<T>]: true };
 const AFFINITY_KEYS: KeysOf<AffinityOptions> = {
   enabled: true, rules: true, switchOnSuccess: true, keepOnChannelDisabled: true, clearOnFailure: true, defaultTtlSeconds: true,
+  keyLevel: true, coalesce: true, reserveTtlMs: true,
 };
 const RULE_KEYS: KeysOf<AffinityRule> = {
   name: true, modelRegex: true, pathRegex: true, userAgentInclude: true, keySources: true, valueRegex: true, ttlSeconds: true,
-  skipRetryOnFailure: true, includeUsingGroup: true, includeModelName: true, includeRuleName: true,
+  skipRetryOnFailure: true, includeUsingGroup: true, includeModelName: true, includeRuleName: true, minCachedRatio: true, evaluateAfter: true,
 };
 const RETRY_KEYS: KeysOf<RetryOptions> = { times: true, statusCodes: true, tierStrategy: true, budget: true, maxRetryAfterMs: true };
 const BUDGET_KEYS: KeysOf<NonNullable<RetryOptions['budget']>> = { percent: true, minConcurrent: true };
@@ -223,7 +225,14 @@ function insideRequestHandler(): boolean {
  * Runs the creation-time checks; each warning goes to the logger once per process with its code.
  * Returns the release function the distributor calls on `shutdown()`.
  */
-export function runValidations(cfg: Config, options: DistributorOptions): () => void {
+/** What runValidations() hands the distributor: the release for `shutdown()` and the runtime warner. */
+export interface Validations {
+  release(): void;
+  /** Logs a check found while serving (once per name and subject), unless switched off. */
+  warn(name: ValidationName, subject: string, message: string): void;
+}
+
+export function runValidations(cfg: Config, options: DistributorOptions): Validations {
   const v = options.validate;
   const enabled = (name: ValidationName) => v !== false && !(isPlainObject(v) && v[name] === false);
   const warn: Warn = (name, subject, message) => {
@@ -285,7 +294,7 @@ export function runValidations(cfg: Config, options: DistributorOptions): () => 
     })
     : () => undefined;
   let released = false;
-  return () => {
+  const release = () => {
     if (released) return;
     released = true;
     const n = users.get(cfg.registry) ?? 0;
@@ -293,4 +302,5 @@ export function runValidations(cfg: Config, options: DistributorOptions): () => 
     else users.set(cfg.registry, n - 1);
     unwatch();
   };
+  return { release, warn };
 }

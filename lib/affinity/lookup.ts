@@ -45,6 +45,7 @@ export function* usePin(rt: Runtime, run: RequestRun, req: Request, res: Respons
   // a value this version cannot read is a miss: the next success overwrites it
   const pinned = pinnedChannel(value);
   if (pinned === null) {
+    rt.usage.lookup(match.rule.name, false);
     run.note(`affinity:miss rule=${match.rule.name}`);
     if (cfg.on.affinityMiss) callHook(cfg, 'affinityMiss', { req, rule: match.rule.name, fingerprint: match.fingerprint });
     return false;
@@ -58,6 +59,7 @@ export function* usePin(rt: Runtime, run: RequestRun, req: Request, res: Respons
   else {
     if (yield* run.trySetup(checked.ch, checked.group)) {
       info.used = true;
+      rt.usage.lookup(match.rule.name, true);
       run.note(`affinity:hit ch=${pinned}`);
       if (cfg.on.affinityHit) callHook(cfg, 'affinityHit', { req, rule: match.rule.name, channelId: pinned, fingerprint: match.fingerprint });
       if (cfg.on.select) callHook(cfg, 'select', { req, channel: run.observedChannel(), group: checked.group, model: run.model, reason: 'affinity' });
@@ -66,6 +68,7 @@ export function* usePin(rt: Runtime, run: RequestRun, req: Request, res: Respons
     stale = 'setup_failed';
   }
   info.stale = stale;
+  rt.usage.lookup(match.rule.name, false);
   if (!cfg.affinity.keepOnChannelDisabled) {
     // compare-and-delete with the value read: another instance may have re-pinned it meanwhile
     info.cleared = (yield rt.guard.run('clearPin', () => cfg.store.clearPin(match.key, value as string), false)) as boolean;

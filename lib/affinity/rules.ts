@@ -27,6 +27,10 @@ export interface CompiledRule {
   neverMatches: boolean;
   /** `aff:<rule part>:`, the start of every pin key this rule derives (computed once). */
   keyPrefix: string;
+  /** Warn when hits cache less than this share of their input (undefined: never judged). */
+  minCachedRatio?: number;
+  /** Usage reports on hits before `minCachedRatio` is judged. */
+  evaluateAfter: number;
 }
 
 /** The reference's two default rules (`codex cli trace`, `claude cli trace`). */
@@ -112,6 +116,12 @@ export function compileRules(rules: AffinityRule[], defaultTtlSeconds: number): 
     const userAgentInclude = uas?.map((u) => u.trim().toLowerCase()).filter((u) => u !== '');
     const sources = r.keySources.map((s) => compileSource(name, s));
     const ttl = r.ttlSeconds && r.ttlSeconds > 0 ? r.ttlSeconds : defaultTtlSeconds;
+    if (r.minCachedRatio !== undefined && (typeof r.minCachedRatio !== 'number' || !(r.minCachedRatio >= 0 && r.minCachedRatio <= 1))) {
+      throw configError(`affinity rule "${name}": minCachedRatio must be a number from 0 to 1`);
+    }
+    if (r.evaluateAfter !== undefined && (typeof r.evaluateAfter !== 'number' || !Number.isSafeInteger(r.evaluateAfter) || r.evaluateAfter < 1)) {
+      throw configError(`affinity rule "${name}": evaluateAfter must be an integer >= 1`);
+    }
     return {
       name,
       modelRegex,
@@ -126,6 +136,8 @@ export function compileRules(rules: AffinityRule[], defaultTtlSeconds: number): 
       includeRuleName: r.includeRuleName === true,
       neverMatches: modelRegex.length === 0 || sources.length === 0 || (userAgentInclude !== undefined && userAgentInclude.length === 0 && (uas?.length ?? 0) > 0),
       keyPrefix: pinKeyPrefix({ name, includeRuleName: r.includeRuleName === true }),
+      minCachedRatio: r.minCachedRatio,
+      evaluateAfter: r.evaluateAfter ?? 500,
     };
   });
 }

@@ -4,11 +4,12 @@
 // through a field a gateway could read, log or serialise.
 import { inspect } from 'node:util';
 import { REQUEST_SECRETS } from '../security/redact';
-import type { AffinityInfo, Attempt, Channel, Distribution, RetryFailure, StopReason } from '../types';
+import type { AffinityInfo, Attempt, Channel, Distribution, RetryFailure, StopReason, UsageReport } from '../types';
 
 /** What the record needs from its run (implemented by RequestRun). */
 export interface RunHandle {
   retry(failure: RetryFailure): Promise<Channel | null>;
+  reportUsage(usage: UsageReport): void;
   fail(failure: RetryFailure): Promise<void>;
   signal(): AbortSignal;
   callerSecrets(): string[];
@@ -16,7 +17,7 @@ export interface RunHandle {
 
 const RUN: unique symbol = Symbol('express-channel-distributor.run');
 
-type PublicFields = Omit<Distribution, 'retry' | 'fail' | 'signal'>;
+type PublicFields = Omit<Distribution, 'retry' | 'fail' | 'signal' | 'reportUsage'>;
 
 export class DistributionRecord implements Distribution {
   selected = false;
@@ -51,6 +52,11 @@ export class DistributionRecord implements Distribution {
   /** Reports a failure that must not be retried (after the commit point). Bound, created on first use. */
   get fail(): (failure?: RetryFailure) => Promise<void> {
     return (this.boundFail ??= (failure?: RetryFailure) => this[RUN].fail(failure ?? {}));
+  }
+
+  /** Reports the token usage of the answer that served (relay() does it itself). */
+  reportUsage(usage: UsageReport): void {
+    this[RUN].reportUsage(usage);
   }
 
   /** Aborted when the client leaves before the response finished (created on first use). */

@@ -10,6 +10,7 @@ import type { Request, Response } from 'express';
 import type { AffinityMatch } from '../affinity/key';
 import { pinValue } from '../affinity/layout';
 import { decidePin } from '../affinity/policy';
+import { cleanUsage, type AffinityLabel } from '../affinity/usage';
 import { NoEnabledKeyError } from '../channels/multi-key';
 import type { RegisteredChannel } from '../channels/registry';
 import { observerView, viewWithKey } from '../channels/views';
@@ -24,7 +25,7 @@ import { selectWithFallback } from '../selection/fallback';
 import { retryGroups, retryStartTier } from '../selection/next';
 import { driveToPromise, type Steps } from '../steps';
 import { TRACE_HEADER, traceHeaderValue } from '../trace';
-import { ChannelStatus, type AffinityInfo, type Channel, type RequestContext, type RetryFailure, type StopReason } from '../types';
+import { ChannelStatus, type AffinityInfo, type Channel, type RequestContext, type RetryFailure, type StopReason, type UsageReport } from '../types';
 import { DistributionRecord, type RunHandle } from './distribution';
 
 function clientGoneReason(): Error {
@@ -304,6 +305,20 @@ export class RequestRun implements RunHandle {
     const { registry, health } = this.rt;
     if (cur.status !== ChannelStatus.Enabled || health.isCooling(cur.id)) return false;
     return this.groups.some((g) => registry.serves(cur.id, g, this.d.model));
+  }
+
+  // ---- usage --------------------------------------------------------------------------------
+
+  /** The answer's token usage: the `usage` hook and the rule's cache accounting. */
+  reportUsage(raw: UsageReport): void {
+    const cur = this.current;
+    const usage = cleanUsage(raw);
+    if (!cur || !usage) return;
+    const info = this.d.affinity;
+    const label: AffinityLabel = info ? (info.used && cur.id === this.pinnedId ? 'hit' : 'miss') : 'none';
+    this.rt.usage.usage(this.match?.rule, label, usage);
+    const { cfg } = this.rt;
+    if (cfg.on.usage) callHook(cfg, 'usage', { req: this.req, channelId: cur.id, keyIndex: this.currentKeyIndex, rule: info?.rule, affinity: label, usage });
   }
 
   // ---- the response is done -----------------------------------------------------------------
