@@ -4,6 +4,7 @@ import { Router, type NextFunction, type Request, type RequestHandler, type Resp
 import { PIN_NAMESPACE, pinKeyPrefix, ruleNameOfPinKey } from './affinity/layout';
 import { runtimeOf, type DistributorHandler } from './distributor';
 import { DistributorError, errorBody } from './errors';
+import type { AffinityRuleReport } from './affinity/usage';
 import type { Runtime } from './runtime';
 import type { ChannelHealth } from './types';
 
@@ -17,7 +18,15 @@ export interface DistributorAdmin {
   countPins(): Promise<Record<string, number>>;
   /** Status, cooldown and disabled keys of a channel on this instance's view; undefined for an unknown id. */
   channelHealth(channelId: number): ChannelHealth | undefined;
+  /**
+   * Does affinity pay? Per rule name, since this distributor started (this instance only): lookups,
+   * hits (the pin served), hitRate, and on hits and on misses the usage reports, input and cached
+   * tokens and their ratio (null without input tokens). Rules that never matched are absent.
+   */
+  affinityReport(): Record<string, AffinityRuleReport>;
 }
+
+export type { AffinityRuleReport };
 
 export interface AdminRouterOptions {
   /** Required: the middleware that authorises admin calls (it runs before every route). */
@@ -65,6 +74,9 @@ export function distributorAdmin(handler: DistributorHandler): DistributorAdmin 
     channelHealth(channelId) {
       return handler.health(channelId);
     },
+    affinityReport() {
+      return rt.usage.report();
+    },
   };
 }
 
@@ -88,7 +100,8 @@ function route(fn: (req: Request, res: Response) => Promise<void> | void): Reque
 
 /**
  * An Express router over the admin helpers, every route behind `options.guard`:
- * `GET /pins`, `DELETE /pins?rule=NAME` or `DELETE /pins?all=true`, `GET /channels/:id/health`.
+ * `GET /pins`, `DELETE /pins?rule=NAME` or `DELETE /pins?all=true`, `GET /channels/:id/health`,
+ * `GET /affinity` (`affinityReport()`, as is).
  *
  * @example
  * app.use('/admin/distributor', adminRouter(handler, { guard: requireAdminToken }));
@@ -112,6 +125,9 @@ export function adminRouter(handler: DistributorHandler, options: AdminRouterOpt
     if (rule === undefined && !all) throw invalid('give ?rule=NAME or ?all=true');
     const cleared = await admin.clearPins(all ? { all: true } : { rule: rule as string });
     res.json({ cleared });
+  }));
+  router.get('/affinity', route((_req, res) => {
+    res.json(admin.affinityReport());
   }));
   router.get('/channels/:id/health', route((req, res) => {
     const id = Number(req.params.id);

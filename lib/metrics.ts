@@ -54,7 +54,9 @@ function statusLabel(status: number | undefined): string {
 
 /**
  * Prometheus metrics for a distributor, fed by its hooks. Labels are low-cardinality only:
- * channel id, reason, rule name, status, store operation; never keys, users or affinity values.
+ * channel id, reason, rule name, status, store operation, token kind; never keys, users or
+ * affinity values. `tokens_total` is fed by usage reports (`relay()` makes them): the cached
+ * share of pinned requests is `tokens_total{kind="cached",affinity="hit"} / {kind="input",affinity="hit"}`.
  *
  * @example
  * const metrics = distributorMetrics({ registry });
@@ -80,6 +82,7 @@ export function distributorMetrics<R extends MetricsRegistry = MetricsRegistry>(
   const retries = counter('retries_total', 'Upstream retries, by the status that caused them (error: no response).', ['status']);
   const exhausted = counter('exhausted_total', 'Requests whose retries stopped, by reason.', ['reason']);
   const storeErrors = counter('store_errors_total', 'Store calls that failed (the distributor degraded instead).', ['operation']);
+  const tokens = counter('tokens_total', 'Tokens of the answers that served, from usage reports, by rule (empty: no rule), channel, kind (input, cached, output, cache_write) and affinity (hit, miss, none).', ['rule', 'channel', 'kind', 'affinity']);
   const health = counter('health_events_total', 'Channel health events (cooldown, auto_disabled, key_disabled, re_enabled).', ['channel', 'event']);
   const decision = (registry.getSingleMetric(`${prefix}decision_duration_seconds`) as PromClient.Histogram<'reason'> | undefined)
     ?? new client.Histogram({
@@ -133,6 +136,15 @@ export function distributorMetrics<R extends MetricsRegistry = MetricsRegistry>(
     },
     health(e) {
       health.inc({ channel: String(e.channelId), event: e.event });
+    },
+    usage(e) {
+      const labels = { rule: e.rule ?? '', channel: String(e.channelId), affinity: e.affinity };
+      const u = e.usage;
+      // every count the report states (0 too: a cached ratio of 0 is an answer, not a gap)
+      if (u.inputTokens !== undefined) tokens.inc({ ...labels, kind: 'input' }, u.inputTokens);
+      if (u.cachedTokens !== undefined) tokens.inc({ ...labels, kind: 'cached' }, u.cachedTokens);
+      if (u.outputTokens !== undefined) tokens.inc({ ...labels, kind: 'output' }, u.outputTokens);
+      if (u.cacheWriteTokens !== undefined) tokens.inc({ ...labels, kind: 'cache_write' }, u.cacheWriteTokens);
     },
   };
   return {

@@ -20,6 +20,8 @@ import { compileForwardHeaders, forwardRequestHeaders, forwardResponseHeaders, w
 import { parseRetryAfter } from './retry-after';
 import { positiveNumber } from '../check';
 import { refusedTarget, unsafePath, upstreamBase, upstreamPath, withoutKeyParam, type UpstreamBase } from './target';
+import { JSON_USAGE_BODY_LIMIT, JsonUsageCollector, SseUsageScanner, isJsonContentType } from './usage';
+import type { UsageReport } from '../types';
 
 export type { RelayHeaders } from '../security/headers';
 
@@ -109,6 +111,14 @@ export interface RelayOptions {
   dispatcher?: Dispatcher;
   /** Observes every failed attempt (before and after the commit point). A throwing hook is ignored. */
   onUpstreamError?: (e: RelayUpstreamError) => void;
+  /**
+   * Report the token usage of each answer that served (`distribution.reportUsage()`, once per
+   * request): read from a 2xx JSON body of at most 4 MiB (a copy collected as it passes, parsed at
+   * its end) or from an SSE stream scanned event by event as it passes (never buffered; lines and
+   * events over 64 KiB are skipped). OpenAI chat and Responses, Anthropic and Gemini shapes.
+   * Default true; false when your code reports usage itself.
+   */
+  reportUsage?: boolean;
 }
 
 /** The handler returned by relay(), with its dispatcher and a `close()` for the Agent it created. */
@@ -128,6 +138,7 @@ interface Resolved {
   allow: HeaderAllowlist;
   dispatcher: Dispatcher;
   onUpstreamError?: RelayOptions['onUpstreamError'];
+  reportUsage: boolean;
 }
 
 /** A failed attempt. `committed` failures were already answered to the client. */
@@ -163,6 +174,8 @@ interface RunState {
   signal: EventEmitter;
   /** The caller's values (credentials, affinity values), computed on the first error body that needs redaction. */
   secrets?: string[];
+  /** The answer's usage was reported (once per request). */
+  usageReported?: boolean;
 }
 
 const SSE_HOLD_LIMIT = 1 << 20;
@@ -316,6 +329,34 @@ function sseBoundary(buf: Buffer): number {
   return 0;
 }
 
+/**
+ * What reads the usage of an answer as it passes: an SSE scanner, a capped JSON copy, or nothing
+ * (usage off, not 2xx, an encoded body, another content type, a JSON body known to be too large).
+ */
+function usageReader(o: Resolved, up: Dispatcher.ResponseData, sse: boolean): SseUsageScanner | JsonUsageCollector | undefined {
+  if (!o.reportUsage || up.statusCode < 200 || up.statusCode >= 300) return undefined;
+  const ce = up.headers['content-encoding'];
+  if (ce !== undefined && !(typeof ce === 'string' && ce.trim().toLowerCase() === 'identity')) return undefined;
+  if (sse) return new SseUsageScanner();
+  if (!isJsonContentType(up.headers['content-type'])) return undefined;
+  const cl = up.headers['content-length'];
+  if (typeof cl === 'string' && Number(cl) > JSON_USAGE_BODY_LIMIT) return undefined;
+  return new JsonUsageCollector();
+}
+
+/** `distribution.reportUsage()` once per request; a throwing report never breaks the response. */
+function reportAnswerUsage(res: Response, st: RunState, usage: UsageReport | undefined): void {
+  if (!usage || st.usageReported) return;
+  st.usageReported = true;
+  const d = res.locals.distribution as Distribution | undefined;
+  if (typeof d?.reportUsage !== 'function') return;
+  try {
+    d.reportUsage(usage);
+  } catch {
+    /* accounting never breaks a response */
+  }
+}
+
 function reportUpstreamError(o: Resolved, e: RelayUpstreamError): void {
   if (!o.onUpstreamError) return;
   try {
@@ -337,6 +378,7 @@ function pump(up: Dispatcher.ResponseData, res: Response, st: RunState, o: Resol
     const sse = typeof ct === 'string' && ct.toLowerCase().startsWith('text/event-stream');
     let committed = false;
     let held: Buffer | undefined;
+    const usage = usageReader(o, up, sse);
     const commit = () => {
       committed = true;
       let headers = forwardResponseHeaders(up.headers, channel.key);
@@ -356,6 +398,7 @@ function pump(up: Dispatcher.ResponseData, res: Response, st: RunState, o: Resol
       }
     };
     const onData = (chunk: Buffer) => {
+      usage?.push(chunk);
       try {
         if (!sse) {
           write(chunk);
@@ -391,6 +434,8 @@ function pump(up: Dispatcher.ResponseData, res: Response, st: RunState, o: Resol
         return;
       }
       cleanup();
+      // before the last byte goes out: a client that read the answer sees it accounted
+      if (usage) reportAnswerUsage(res, st, usage.result());
       if (held) res.end(held);
       else res.end();
       resolve(null);
@@ -611,6 +656,7 @@ export function relay(options: RelayOptions = {}): RelayHandler {
     allow,
     dispatcher: options.dispatcher ?? (ownAgent as Agent),
     onUpstreamError: options.onUpstreamError,
+    reportUsage: options.reportUsage !== false,
   };
   const handler = function relayMiddleware(req: Request, res: Response, next: NextFunction): void {
     relayRequest(req, res, o).catch((err: unknown) => {
