@@ -6,11 +6,19 @@
 //
 // Endpoints:
 //   POST /v1/chat/completions   chat.completion JSON, or SSE chunks ending in `data: [DONE]` with "stream": true
+//                               (a last chunk with `usage` when "stream_options": { "include_usage": true })
 //   POST /v1/responses          a Responses API object, or its SSE events with "stream": true
+//                               (`response.completed` carries the usage)
 //   GET  /v1/models             the model list
 //   GET  /__stats               counters (the last Authorization is shown masked)
 //   POST /__reset               zero the counters
 //   GET  /                      "ok"
+//
+// Usage and a provider-like prompt cache: prompt tokens ~ request body bytes / 4. The mock
+// remembers, per API key received (Authorization), the sessions it has served (`prompt_cache_key`
+// in the body, else `metadata.user_id`, else the `X-Claude-Code-Session-Id` header): the first
+// request of a session on a key reports `cached_tokens: 0`, a later one on the same key
+// floor(0.9 x prompt tokens). Another mock, or another key, has its own cache (a miss).
 import http from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 
@@ -57,6 +65,10 @@ export interface MockBehaviour {
    * waiting for 'drain' (to test that a gateway aborts such an upstream answer when its client goes).
    */
   streamBytes?: number;
+  /** Keep a prompt cache per key and session (see the top of this file). Default true; false: `cached_tokens` is always 0. */
+  promptCache?: boolean;
+  /** Replaces the `usage` object of every answer (to test a gateway against absurd counts). */
+  usageOverride?: Record<string, unknown>;
 }
 
 export interface MockUpstreamOptions extends MockBehaviour {
@@ -114,32 +126,70 @@ function emptyStats(): MockStats {
   return { hits: 0, ok: 0, failed: 0, streamed: 0, cut: 0, dropped: 0, paths: {}, aborted: 0 };
 }
 
-function chatJson(name: string, model: string): string {
+/** The usage of one answer, in the mock's own terms. */
+interface MockUsage {
+  prompt: number;
+  cached: number;
+  completion: number;
+}
+
+const COMPLETION_TOKENS = 4;
+/** Bounds of the prompt cache: keys, and sessions per key (the oldest is forgotten first). */
+const CACHE_KEYS = 1000;
+const CACHE_SESSIONS = 10_000;
+
+function chatUsage(u: MockUsage): Record<string, unknown> {
+  return { prompt_tokens: u.prompt, completion_tokens: u.completion, total_tokens: u.prompt + u.completion, prompt_tokens_details: { cached_tokens: u.cached } };
+}
+
+function responsesUsage(u: MockUsage): Record<string, unknown> {
+  return {
+    input_tokens: u.prompt,
+    input_tokens_details: { cached_tokens: u.cached },
+    output_tokens: u.completion,
+    output_tokens_details: { reasoning_tokens: 0 },
+    total_tokens: u.prompt + u.completion,
+  };
+}
+
+/** The session a request belongs to, as a provider's prompt cache would key it. */
+function sessionOf(req: http.IncomingMessage, parsed: Record<string, unknown>): string | undefined {
+  if (typeof parsed.prompt_cache_key === 'string' && parsed.prompt_cache_key) return `pck:${parsed.prompt_cache_key}`;
+  const meta = parsed.metadata;
+  if (meta && typeof meta === 'object' && typeof (meta as { user_id?: unknown }).user_id === 'string') return `uid:${(meta as { user_id: string }).user_id}`;
+  const h = req.headers['x-claude-code-session-id'];
+  return typeof h === 'string' && h ? `ccs:${h}` : undefined;
+}
+
+function chatJson(name: string, model: string, usage: Record<string, unknown>): string {
   return JSON.stringify({
     id: `chatcmpl-mock-${name}`,
     object: 'chat.completion',
     created: CREATED,
     model,
     choices: [{ index: 0, message: { role: 'assistant', content: `Hello from ${name}`, refusal: null }, logprobs: null, finish_reason: 'stop' }],
-    usage: { prompt_tokens: 9, completion_tokens: 4, total_tokens: 13 },
+    usage,
     system_fingerprint: 'fp_mock',
   });
 }
 
-function chatChunks(name: string, model: string): string[] {
+/** Chat stream chunks; with `usage` (include_usage) every chunk has `usage: null` and a last one carries it. */
+function chatChunks(name: string, model: string, usage?: Record<string, unknown>): string[] {
+  const base = { id: `chatcmpl-mock-${name}`, object: 'chat.completion.chunk', created: CREATED, model, system_fingerprint: 'fp_mock' };
   const chunk = (delta: Record<string, unknown>, finish: string | null = null) =>
-    `data: ${JSON.stringify({ id: `chatcmpl-mock-${name}`, object: 'chat.completion.chunk', created: CREATED, model, system_fingerprint: 'fp_mock', choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }] })}\n\n`;
+    `data: ${JSON.stringify({ ...base, choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }], ...(usage ? { usage: null } : {}) })}\n\n`;
   return [
     chunk({ role: 'assistant', content: '' }),
     chunk({ content: 'Hello' }),
     chunk({ content: ' from' }),
     chunk({ content: ` ${name}` }),
     chunk({}, 'stop'),
+    ...(usage ? [`data: ${JSON.stringify({ ...base, choices: [], usage })}\n\n`] : []),
     'data: [DONE]\n\n',
   ];
 }
 
-function responseObject(name: string, model: string, status: 'in_progress' | 'completed'): Record<string, unknown> {
+function responseObject(name: string, model: string, status: 'in_progress' | 'completed', usage: Record<string, unknown>): Record<string, unknown> {
   const done = status === 'completed';
   return {
     id: `resp_mock_${name}`,
@@ -150,18 +200,18 @@ function responseObject(name: string, model: string, status: 'in_progress' | 'co
     output: done
       ? [{ type: 'message', id: `msg_mock_${name}`, status: 'completed', role: 'assistant', content: [{ type: 'output_text', text: `Hello from ${name}`, annotations: [] }] }]
       : [],
-    usage: done ? { input_tokens: 9, output_tokens: 4, total_tokens: 13 } : null,
+    usage: done ? usage : null,
   };
 }
 
-function responseEvents(name: string, model: string): string[] {
+function responseEvents(name: string, model: string, usage: Record<string, unknown>): string[] {
   const ev = (type: string, data: Record<string, unknown>) => `event: ${type}\ndata: ${JSON.stringify({ type, ...data })}\n\n`;
   return [
-    ev('response.created', { response: responseObject(name, model, 'in_progress') }),
+    ev('response.created', { response: responseObject(name, model, 'in_progress', usage) }),
     ev('response.output_text.delta', { item_id: `msg_mock_${name}`, output_index: 0, content_index: 0, delta: 'Hello' }),
     ev('response.output_text.delta', { item_id: `msg_mock_${name}`, output_index: 0, content_index: 0, delta: ` from ${name}` }),
     ev('response.output_text.done', { item_id: `msg_mock_${name}`, output_index: 0, content_index: 0, text: `Hello from ${name}` }),
-    ev('response.completed', { response: responseObject(name, model, 'completed') }),
+    ev('response.completed', { response: responseObject(name, model, 'completed', usage) }),
   ];
 }
 
@@ -177,6 +227,25 @@ export function startMockUpstream(options: MockUpstreamOptions = {}): Promise<Mo
   let open = 0;
   const requests: MockRequestRecord[] = [];
   const timers = new Set<NodeJS.Timeout>();
+  // the prompt cache: API key received -> sessions served on it (insertion order: oldest first)
+  const cache = new Map<string, Set<string>>();
+  const usageOf = (auth: string, session: string | undefined, bodyBytes: number): MockUsage => {
+    const prompt = Math.max(1, Math.ceil(bodyBytes / 4));
+    let cached = 0;
+    if (session !== undefined && behaviour.promptCache !== false) {
+      let seen = cache.get(auth);
+      if (!seen) {
+        if (cache.size >= CACHE_KEYS) cache.delete(cache.keys().next().value as string);
+        cache.set(auth, (seen = new Set()));
+      }
+      if (seen.has(session)) cached = Math.floor(0.9 * prompt);
+      else {
+        if (seen.size >= CACHE_SESSIONS) seen.delete(seen.values().next().value as string);
+        seen.add(session);
+      }
+    }
+    return { prompt, cached, completion: COMPLETION_TOKENS };
+  };
   // pending delays are dropped on close(), so a stopped mock holds no timers
   const sleep = (ms: number) =>
     new Promise<void>((r) => {
@@ -223,10 +292,11 @@ export function startMockUpstream(options: MockUpstreamOptions = {}): Promise<Mo
       res.end(body);
       return;
     }
-    let parsed: { model?: unknown; stream?: unknown } = {};
+    let parsed: { model?: unknown; stream?: unknown; stream_options?: unknown } = {};
     if (raw) {
       try {
-        parsed = JSON.parse(raw) as typeof parsed;
+        const j = JSON.parse(raw) as unknown;
+        if (j && typeof j === 'object' && !Array.isArray(j)) parsed = j as typeof parsed;
       } catch {
         /* answer non-streamed */
       }
@@ -235,8 +305,10 @@ export function startMockUpstream(options: MockUpstreamOptions = {}): Promise<Mo
     okN += 1;
     const cut = b.cutAfterChunks !== undefined && (b.cutFirst === undefined || okN <= b.cutFirst) ? b.cutAfterChunks : undefined;
     const responses = path === '/v1/responses';
+    const counts = usageOf(auth, sessionOf(req, parsed), Buffer.byteLength(raw));
+    const usage = b.usageOverride ?? (responses ? responsesUsage(counts) : chatUsage(counts));
     if (parsed.stream !== true) {
-      const body = Buffer.from(responses ? JSON.stringify(responseObject(name, model, 'completed')) : chatJson(name, model));
+      const body = Buffer.from(responses ? JSON.stringify(responseObject(name, model, 'completed', usage)) : chatJson(name, model, usage));
       res.writeHead(200, { ...extra, 'content-type': 'application/json', 'content-length': body.length });
       if (cut !== undefined) {
         stats.cut += 1;
@@ -268,7 +340,8 @@ export function startMockUpstream(options: MockUpstreamOptions = {}): Promise<Mo
         }
       }
     }
-    const chunks = responses ? responseEvents(name, model) : chatChunks(name, model);
+    const includeUsage = (parsed.stream_options as { include_usage?: unknown } | undefined)?.include_usage === true;
+    const chunks = responses ? responseEvents(name, model, usage) : chatChunks(name, model, includeUsage ? usage : undefined);
     for (let i = 0; i < chunks.length; i++) {
       if (cut !== undefined && i >= cut) {
         stats.cut += 1;

@@ -9,7 +9,12 @@
 // (comma-separated base URLs; when set, channels.json and the mocks are not used), MODELS (models
 // of env channels, default "gpt-4o-mini,gpt-4o"), CHANNEL_KEY (their key, default "sk-mock"),
 // CHANNELS_FILE, TOKENS_FILE, TRACE (1/0: x-distributor-trace header; default on with
-// channels.json, off with CHANNELS).
+// channels.json, off with CHANNELS), ADMIN_TOKEN (the bearer token of /admin/distributor; unset:
+// that router answers loopback callers only).
+//
+// Does affinity pay? `GET /metrics` has distributor_tokens_total{rule,channel,kind,affinity} (the
+// relay reports each answer's usage; the mocks keep a prompt cache per key and session), and
+// `GET /admin/distributor/affinity` has per rule the lookups, hits and cached ratios.
 //
 // Routing: the token's group picks the channels ("default", "vip", "fallback"); the header
 // `x-bench-route: fallback` switches a request to the "fallback" group (used by the bench).
@@ -23,6 +28,8 @@ import { Registry } from 'prom-client';
 import {
   ChannelRegistry, MemoryStore, defaultAffinityRules, distributor, type ChannelInput, type DistributorHandler, type RequestContext,
 } from '../../lib';
+import { timingSafeEqual } from 'node:crypto';
+import { adminRouter } from '../../lib/entry/admin';
 import { distributorMetrics } from '../../lib/entry/metrics';
 import { relay, type RelayHandler } from '../../lib/entry/relay';
 import { closedPortUrl, startMockUpstream, type MockBehaviour, type MockUpstream } from './mock-upstream';
@@ -44,7 +51,7 @@ export interface Gateway {
   mocks: Record<string, MockUpstream>;
   distributor: DistributorHandler;
   relay: RelayHandler;
-  /** The three curl lines printed at start (plain, sticky session, failover). */
+  /** The curl lines printed at start: plain, sticky session, failover, the affinity report, the token metrics. */
   curls: string[];
   close(): Promise<void>;
 }
@@ -64,6 +71,33 @@ function readJson<T>(file: string): T {
 
 function openAiError(res: Response, status: number, message: string, type: string, code: string): void {
   res.status(status).json({ error: { message, type, code } });
+}
+
+const LOOPBACK = new Set(['127.0.0.1', '::1', '::ffff:127.0.0.1']);
+
+/**
+ * The admin router's guard: with ADMIN_TOKEN, `Authorization: Bearer <ADMIN_TOKEN>` (compared in
+ * constant time); without, callers on the loopback interface only (the socket's address, never a
+ * forwarded header), so a gateway started with HOST=0.0.0.0 does not open it to the network.
+ */
+function adminGuard(adminToken: string | undefined) {
+  const want = adminToken ? Buffer.from(`Bearer ${adminToken}`) : undefined;
+  return function guard(req: Request, res: Response, next: NextFunction): void {
+    if (want) {
+      const got = Buffer.from(req.headers.authorization ?? '');
+      if (got.length === want.length && timingSafeEqual(got, want)) {
+        next();
+        return;
+      }
+      openAiError(res, 401, 'Admin token required', 'invalid_request_error', 'invalid_api_key');
+      return;
+    }
+    if (LOOPBACK.has(req.socket.remoteAddress ?? '')) {
+      next();
+      return;
+    }
+    openAiError(res, 403, 'The admin API answers loopback callers only (set ADMIN_TOKEN to open it)', 'invalid_request_error', 'forbidden');
+  };
 }
 
 /** Channels from CHANNELS / FALLBACK_CHANNELS (comma-separated base URLs). */
@@ -168,6 +202,8 @@ export async function startGateway(options: GatewayOptions = {}): Promise<Gatewa
   app.get('/metrics', (_req, res, next) => {
     metricsRegistry.metrics().then((text) => res.type(metricsRegistry.contentType).send(text), next);
   });
+  // pins, channel health and the affinity report (GET /admin/distributor/affinity)
+  app.use('/admin/distributor', adminRouter(mw, { guard: adminGuard(env.ADMIN_TOKEN || undefined) }));
   const auth = authStub(env.TOKENS_FILE || path.join(__dirname, 'tokens.json'));
   app.get('/v1/models', auth, (_req, res) => {
     const token = res.locals.token as RequestContext;
@@ -205,6 +241,8 @@ export async function startGateway(options: GatewayOptions = {}): Promise<Gatewa
     `curl -s ${url}/v1/chat/completions -H 'Authorization: Bearer sk-demo-alice' ${json} -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello!"}]}'`,
     `curl -s ${url}/v1/responses -H 'Authorization: Bearer sk-demo-alice' ${json} -d '{"model":"gpt-4o-mini","input":"Hello!","prompt_cache_key":"demo-session-1"}'`,
     `curl -si ${url}/v1/chat/completions -H 'Authorization: Bearer sk-demo-failover' ${json} -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello!"}]}'`,
+    `curl -s ${url}/admin/distributor/affinity${env.ADMIN_TOKEN ? ` -H 'Authorization: Bearer ${env.ADMIN_TOKEN}'` : ''}`,
+    `curl -s ${url}/metrics | grep '^distributor_tokens_total'`,
   ];
 
   let closing: Promise<void> | undefined;
@@ -235,6 +273,10 @@ function banner(gw: Gateway, fromEnv: boolean): string {
   lines.push(`  ${gw.curls[1]}`);
   lines.push('  # failover: dead (500) -> offline (connection refused) -> rescue; see the x-distributor-trace header');
   lines.push(`  ${gw.curls[2]}`);
+  lines.push('  # does affinity pay? after the sticky session twice: lookups, hits, cached/input ratio on hits vs misses');
+  lines.push(`  ${gw.curls[3]}`);
+  lines.push('  # the same as Prometheus counters: tokens by rule, channel, kind (input|cached|output|cache_write), affinity (hit|miss|none)');
+  lines.push(`  ${gw.curls[4]}`);
   return lines.join('\n');
 }
 
