@@ -1,10 +1,11 @@
-// The example gateway (examples/gateway): booted in-process for its three curl lines, in env mode
+// The example gateway (examples/gateway): booted in-process for its curl lines, in env mode
 // as the bench harness starts it, and once as a child process the way `npm start` runs it.
 import { afterAll, describe, expect, test } from '@jest/globals';
 import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { Agent, request } from 'undici';
-import { startGateway, type Gateway } from '../examples/gateway/server';
+import type { NextFunction, Request, Response } from 'express';
+import { adminGuard, startGateway, type Gateway } from '../examples/gateway/server';
 import { startMockUpstream, type MockUpstream } from '../examples/gateway/mock-upstream';
 
 const client = new Agent({ keepAliveTimeout: 1000 });
@@ -34,7 +35,7 @@ describe('example gateway, channels.json with built-in mocks', () => {
     toStop.push(() => gw.close());
     expect(gw.url).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
     expect(Object.keys(gw.mocks).sort()).toEqual(['alpha', 'beta', 'dead', 'flaky', 'rescue']);
-    expect(gw.curls).toHaveLength(3);
+    expect(gw.curls).toHaveLength(5);
     const h = await request(`${gw.url}/healthz`, { dispatcher: client });
     expect(h.statusCode).toBe(200);
     expect(await h.body.json()).toEqual({ status: 'ok' });
@@ -62,6 +63,25 @@ describe('example gateway, channels.json with built-in mocks', () => {
       if (served !== 'flaky') expect(who(r.text)).toBe(served);
       expect(r.headers['x-distributor-trace']).toBeDefined();
     }
+  });
+
+  test('curls 4 and 5: the sticky session above shows as affinity hits with cached tokens (affinity report, distributor_tokens_total)', async () => {
+    const report = await curl(gw.curls[3]);
+    expect(report.status).toBe(200);
+    const rule = (JSON.parse(report.text) as Record<string, { lookups: number; hits: number; hitRate: number; onHits: { reports: number; cachedRatio: number | null }; onMisses: { cachedRatio: number | null } }>)['codex cli trace'];
+    expect(rule.lookups).toBe(5);
+    expect(rule.hits).toBeGreaterThanOrEqual(2);
+    expect(rule.hitRate).toBeCloseTo(rule.hits / 5);
+    // the mock caches per key and session: a hit reuses the channel (and key) that saw the session
+    expect(rule.onHits.cachedRatio).toBeGreaterThan(0.8);
+    const metrics = await curl(gw.curls[4]);
+    expect(metrics.status).toBe(200);
+    const value = (kind: string, affinity: string) => metrics.text.split('\n')
+      .filter((l) => l.startsWith('distributor_tokens_total{') && l.includes('rule="codex cli trace"') && l.includes(`kind="${kind}"`) && l.includes(`affinity="${affinity}"`))
+      .reduce((n, l) => n + Number(l.slice(l.lastIndexOf(' ') + 1)), 0);
+    expect(value('cached', 'hit') / value('input', 'hit')).toBeGreaterThan(0.8);
+    // plain chat completions (curl 1) match no rule
+    expect(metrics.text).toMatch(/^distributor_tokens_total\{rule="",channel="\d+",affinity="none",kind="input"\} \d+$/m);
   });
 
   test('curl 3 (failover): dead -> offline -> rescue, visible in the trace header', async () => {
@@ -98,6 +118,40 @@ describe('example gateway, channels.json with built-in mocks', () => {
   });
 });
 
+describe('example gateway admin router', () => {
+  test('ADMIN_TOKEN: /admin/distributor needs it; the printed curl line carries it', async () => {
+    const gw = await startGateway({ port: 0, env: { ADMIN_TOKEN: 'adm-test-token' } });
+    toStop.push(() => gw.close());
+    expect(gw.curls[3]).toContain("-H 'Authorization: Bearer adm-test-token'");
+    const no = await request(`${gw.url}/admin/distributor/affinity`, { dispatcher: client });
+    expect(no.statusCode).toBe(401);
+    await no.body.dump();
+    const wrong = await request(`${gw.url}/admin/distributor/affinity`, { headers: { authorization: 'Bearer adm-test-tokeX' }, dispatcher: client });
+    expect(wrong.statusCode).toBe(401);
+    await wrong.body.dump();
+    expect((await curl(gw.curls[3])).status).toBe(200);
+    const pins = await request(`${gw.url}/admin/distributor/pins`, { headers: { authorization: 'Bearer adm-test-token' }, dispatcher: client });
+    expect(pins.statusCode).toBe(200);
+    expect(await pins.body.json()).toEqual({ pins: {}, total: 0 });
+  });
+
+  test('without ADMIN_TOKEN only loopback callers pass (the socket address, not X-Forwarded-For)', () => {
+    const guard = adminGuard(undefined);
+    const call = (remoteAddress: string, headers: Record<string, string> = {}) => {
+      let status = 0;
+      let passed = false;
+      const res = { status: (s: number) => ((status = s), res), json: () => res } as unknown as Response;
+      guard({ socket: { remoteAddress }, headers } as unknown as Request, res, (() => (passed = true)) as NextFunction);
+      return passed ? 'next' : status;
+    };
+    expect(call('127.0.0.1')).toBe('next');
+    expect(call('::1')).toBe('next');
+    expect(call('::ffff:127.0.0.1')).toBe('next');
+    expect(call('10.0.0.5')).toBe(403);
+    expect(call('10.0.0.5', { 'x-forwarded-for': '127.0.0.1' })).toBe(403);
+  });
+});
+
 describe('example gateway, env channels (as the bench harness starts it)', () => {
   test('CHANNELS spread evenly; x-bench-route: fallback goes dead -> next', async () => {
     const names = ['ch1', 'ch2', 'ch3'];
@@ -131,11 +185,11 @@ describe('example gateway, env channels (as the bench harness starts it)', () =>
 });
 
 describe('npm start (child process)', () => {
-  test('prints the URL and three curl lines, serves them, and exits cleanly on SIGTERM', async () => {
+  test('prints the URL and five curl lines, serves them, and exits cleanly on SIGTERM', async () => {
     const root = path.join(__dirname, '..');
     const child = spawn(process.execPath, ['--import', 'tsx', path.join(root, 'examples', 'gateway', 'server.ts')], {
       cwd: root,
-      env: { ...process.env, PORT: '0', CHANNELS: '', FALLBACK_CHANNELS: '', NODE_ENV: 'development' },
+      env: { ...process.env, PORT: '0', CHANNELS: '', FALLBACK_CHANNELS: '', ADMIN_TOKEN: '', NODE_ENV: 'development' },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let out = '';
@@ -145,13 +199,15 @@ describe('npm start (child process)', () => {
     const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
     try {
       const deadline = Date.now() + 40_000;
-      while (!/curl -si /.test(out) && Date.now() < deadline && child.exitCode === null) await new Promise((r) => setTimeout(r, 100));
+      while (!/distributor_tokens_total/.test(out) && Date.now() < deadline && child.exitCode === null) await new Promise((r) => setTimeout(r, 100));
       const url = /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(out)?.[1];
       expect(url).toBeDefined();
       const curls = out.split('\n').map((l) => l.trim()).filter((l) => l.startsWith('curl '));
-      expect(curls).toHaveLength(3);
+      expect(curls).toHaveLength(5);
       expect(curls[1]).toContain('prompt_cache_key');
       expect(curls[2]).toContain('sk-demo-failover');
+      expect(curls[3]).toContain('/admin/distributor/affinity');
+      expect(curls[4]).toContain('/metrics');
       for (const line of curls) expect((await curl(line)).status).toBe(200);
     } finally {
       child.kill('SIGTERM');

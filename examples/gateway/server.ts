@@ -80,7 +80,7 @@ const LOOPBACK = new Set(['127.0.0.1', '::1', '::ffff:127.0.0.1']);
  * constant time); without, callers on the loopback interface only (the socket's address, never a
  * forwarded header), so a gateway started with HOST=0.0.0.0 does not open it to the network.
  */
-function adminGuard(adminToken: string | undefined) {
+export function adminGuard(adminToken: string | undefined) {
   const want = adminToken ? Buffer.from(`Bearer ${adminToken}`) : undefined;
   return function guard(req: Request, res: Response, next: NextFunction): void {
     if (want) {
