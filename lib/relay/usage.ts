@@ -320,7 +320,8 @@ export class SseUsageScanner {
       return;
     }
     if (this.data.length > 0) this.data.push(NEWLINE);
-    this.data.push(Buffer.from(buf.subarray(s, end)));
+    // a view, not a copy: chunks are not reused once passed on, and the event is bounded
+    this.data.push(buf.subarray(s, end));
     this.dataSize = size;
   }
 
