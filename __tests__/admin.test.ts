@@ -120,6 +120,49 @@ describe('distributorAdmin', () => {
     expect(mw.health(1)).toEqual(h);
   });
 
+  test('affinityReport(): per rule lookups, hits, hit rate and cached ratios on hits and misses', async () => {
+    const store = new MemoryStore();
+    const { app, mw } = createApp({ channels: [{ id: 1, models: 'gpt-4o' }], store, affinity: { rules } }, {
+      handler: (req, res) => {
+        const u = req.headers['x-usage'];
+        if (typeof u === 'string') res.locals.distribution?.reportUsage(JSON.parse(u));
+        res.json({ id: res.locals.channel?.id ?? null });
+      },
+    });
+    shutdowns.push(() => mw.shutdown(), () => store.shutdown());
+    const admin = distributorAdmin(mw);
+    expect(admin.affinityReport()).toEqual({});
+    const send = async (path: string, session: string | undefined, usage?: object) => {
+      const r = request(app).post(path).send({ model: 'gpt-4o' });
+      if (session) void r.set('x-session', session);
+      if (usage) void r.set('x-usage', JSON.stringify(usage));
+      await r.expect(200);
+      await tick();
+    };
+    await send('/one', 'a', { inputTokens: 100, cachedTokens: 0 }); // miss
+    await send('/one', 'a', { inputTokens: 100, cachedTokens: 80 }); // hit
+    await send('/one', 'a', { inputTokens: 100, cachedTokens: 100 }); // hit
+    await send('/one', 'a'); // hit, no usage report
+    await send('/one', 'b', { inputTokens: 50, cachedTokens: 10 }); // miss
+    await send('/anon', 'a'); // miss, no usage
+    await send('/none', undefined, { inputTokens: 7 }); // no rule: in no line
+    expect(admin.affinityReport()).toEqual({
+      'r one/é': {
+        lookups: 5,
+        hits: 3,
+        hitRate: 0.6,
+        onHits: { reports: 2, inputTokens: 200, cachedTokens: 180, cachedRatio: 0.9 },
+        onMisses: { reports: 2, inputTokens: 150, cachedTokens: 10, cachedRatio: 10 / 150 },
+      },
+      anon: { lookups: 1, hits: 0, hitRate: 0, onHits: { reports: 0, inputTokens: 0, cachedTokens: 0, cachedRatio: null }, onMisses: { reports: 0, inputTokens: 0, cachedTokens: 0, cachedRatio: null } },
+    });
+    // a snapshot: later traffic does not change a report already taken
+    const before = admin.affinityReport();
+    await send('/one', 'a', { inputTokens: 1, cachedTokens: 1 });
+    expect(before['r one/é'].lookups).toBe(5);
+    expect(admin.affinityReport()['r one/é'].lookups).toBe(6);
+  });
+
   test('needs the handler returned by distributor()', () => {
     expect(() => distributorAdmin((() => undefined) as unknown as DistributorHandler)).toThrow(expect.objectContaining({ code: 'ERR_DIST_INVALID_OPTIONS' }));
   });
@@ -164,6 +207,7 @@ describe('adminRouter', () => {
     await request(app).get('/admin/pins').expect(401);
     await request(app).delete('/admin/pins?all=true').expect(401);
     await request(app).get('/admin/channels/1/health').expect(401);
+    await request(app).get('/admin/affinity').expect(401);
     expect(await distributorAdmin(mw).countPins()).toEqual({ 'r one/é': 1 });
   });
 
@@ -185,6 +229,18 @@ describe('adminRouter', () => {
       .toEqual({ id: 1, status: 1, coolingDown: false, cooldownUntil: null, disabledKeys: [2] });
     expect((await request(app).get('/admin/channels/99/health').set(ok).expect(404)).body.error.code).toBe('invalid_channel_id');
     expect((await request(app).get('/admin/channels/abc/health').set(ok).expect(400)).body.error.code).toBe('invalid_channel_id');
+  });
+
+  test('GET /affinity: affinityReport() as JSON', async () => {
+    const { mw, pin } = setup();
+    const app = express();
+    app.use('/admin', adminRouter(mw, { guard }));
+    expect((await request(app).get('/admin/affinity').set('x-admin', 'yes').expect(200)).body).toEqual({});
+    await pin('/one', 'a');
+    await pin('/one', 'a');
+    const body = (await request(app).get('/admin/affinity').set('x-admin', 'yes').expect(200)).body as Record<string, { lookups: number; hits: number; hitRate: number }>;
+    expect(body).toEqual(distributorAdmin(mw).affinityReport());
+    expect(body['r one/é']).toMatchObject({ lookups: 2, hits: 1, hitRate: 0.5 });
   });
 
   test('a failing store call reaches the app error handler through next(err)', async () => {

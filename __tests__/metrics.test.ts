@@ -116,6 +116,55 @@ describe('metrics after real requests', () => {
   });
 });
 
+describe('distributor_tokens_total', () => {
+  test('fed by usage reports: rule (empty without one), channel, kind and affinity, served on /metrics', async () => {
+    const registry = new Registry();
+    const metrics = distributorMetrics({ registry });
+    const { app, mw } = createApp({
+      channels: [{ id: 1, models: 'gpt-4o', priority: 10 }, { id: 2, models: 'gpt-4o' }],
+      affinity: { rules: [rule] },
+      on: metrics.hooks,
+    }, {
+      before: (a) => a.get('/metrics', (_req, res, next) => {
+        registry.metrics().then((text) => res.type(registry.contentType).send(text), next);
+      }),
+      handler: (req, res) => {
+        const u = req.headers['x-usage'];
+        if (typeof u === 'string') res.locals.distribution?.reportUsage(JSON.parse(u));
+        res.json({ id: res.locals.channel?.id ?? null });
+      },
+    });
+    shutdowns.push(() => mw.shutdown());
+    const send = (headers: Record<string, string>) => request(app).post('/v1/chat/completions').set(headers).send({ model: 'gpt-4o' }).expect(200);
+    await send({ 'x-session': 'tok-1', 'x-usage': JSON.stringify({ inputTokens: 100, cachedTokens: 0, outputTokens: 5 }) }); // miss
+    await tick();
+    await send({ 'x-session': 'tok-1', 'x-usage': JSON.stringify({ inputTokens: 100, cachedTokens: 90, outputTokens: 7, cacheWriteTokens: 3 }) }); // hit
+    await tick();
+    await send({ 'x-session': 'tok-1', 'x-usage': JSON.stringify({ inputTokens: 50, cachedTokens: 45 }) }); // hit
+    await send({ 'x-usage': JSON.stringify({ inputTokens: 10, outputTokens: 1 }) }); // no rule
+    // garbage counts from custom code: cleaned (negative / NaN -> 0), never a crash or a negative counter
+    await send({ 'x-usage': JSON.stringify({ inputTokens: -5, outputTokens: 'NaN' }) });
+    await send({}); // no report at all
+
+    const r = await request(app).get('/metrics').expect(200);
+    const text = r.text;
+    const tok = (labels: Record<string, string>) => sample(text, 'distributor_tokens_total', labels);
+    expect(tok({ rule: 'sess', channel: '1', kind: 'input', affinity: 'miss' })).toBe(100);
+    expect(tok({ rule: 'sess', channel: '1', kind: 'cached', affinity: 'miss' })).toBe(0);
+    expect(tok({ rule: 'sess', channel: '1', kind: 'output', affinity: 'miss' })).toBe(5);
+    expect(tok({ rule: 'sess', channel: '1', kind: 'input', affinity: 'hit' })).toBe(150);
+    expect(tok({ rule: 'sess', channel: '1', kind: 'cached', affinity: 'hit' })).toBe(135);
+    expect(tok({ rule: 'sess', channel: '1', kind: 'output', affinity: 'hit' })).toBe(7);
+    expect(tok({ rule: 'sess', channel: '1', kind: 'cache_write', affinity: 'hit' })).toBe(3);
+    expect(tok({ rule: 'sess', channel: '1', kind: 'cache_write', affinity: 'miss' })).toBeUndefined(); // never stated
+    expect(tok({ rule: '', channel: '1', kind: 'input', affinity: 'none' })).toBe(10);
+    expect(tok({ rule: '', channel: '1', kind: 'output', affinity: 'none' })).toBe(1);
+    expect(text).toMatch(/^# HELP distributor_tokens_total /m);
+    expect(text).not.toMatch(/distributor_tokens_total\{[^}]*\} (-|NaN)/);
+    expect(text).not.toContain('tok-1');
+  });
+});
+
 describe('store errors', () => {
   test('counted by operation', async () => {
     const registry = new Registry();
