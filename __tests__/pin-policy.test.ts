@@ -1,12 +1,13 @@
-// The pin policy, table-driven over every combination of its inputs: 6 facts x 2 options = 256
+// The pin policy, table-driven over every combination of its inputs: 8 facts x 2 options = 1,024
 // rows, of which the feasible ones (a used pin was a hit, only a used pin can fail, a cleared pin
-// was a stale hit, a served pinned channel was used) are checked against the contract's sentences,
+// was a stale hit, a served pinned channel was used, a reservation read was a hit, a request that
+// reserved used no pin) are checked against the contract's sentences,
 // written here independently of lib/affinity/policy.ts. The HTTP suites (affinity, retry) check
 // the same rules end to end.
 import { describe, expect, test } from '@jest/globals';
 import { decidePin, type PinAction, type PinFacts } from '../lib/affinity/policy';
 
-const FACTS = ['success', 'hit', 'used', 'cleared', 'pinFailed', 'servedPinned'] as const;
+const FACTS = ['success', 'hit', 'used', 'cleared', 'pinFailed', 'servedPinned', 'provisional', 'reserved'] as const;
 
 function* combinations(): Generator<{ f: PinFacts; switchOnSuccess: boolean; clearOnFailure: boolean }> {
   for (let bits = 0; bits < 1 << (FACTS.length + 2); bits++) {
@@ -20,6 +21,9 @@ function feasible(f: PinFacts): boolean {
   if (f.pinFailed && !f.used) return false; // "the pinned channel failed" needs the pinned channel
   if (f.cleared && (!f.hit || f.used)) return false; // the lookup clears stale pins only
   if (f.servedPinned && !f.used) return false; // a stale pinned channel is never picked again
+  if (f.provisional && !f.hit) return false; // a reservation is something the lookup read
+  if (f.reserved && f.used) return false; // a request reserves only when no pin served it
+  if (f.reserved && f.hit && !f.cleared) return false; // a stale pin is replaced by the reservation
   return true;
 }
 
@@ -27,15 +31,18 @@ function feasible(f: PinFacts): boolean {
 function expected(f: PinFacts, switchOnSuccess: boolean, clearOnFailure: boolean): PinAction {
   // "Nothing is written for a failed request." / "The pin is cleared (clearOnFailure) when the
   // pinned channel fails with a retryable status and no later attempt re-pins it."
+  // "a failed request deletes its own reservation (compare-and-delete)"
+  if (!f.success && f.reserved) return 'release';
   if (!f.success) return clearOnFailure && f.pinFailed ? 'clear' : 'none';
   if (switchOnSuccess) {
     // "the key is pinned to the channel that served (switchOnSuccess) with a sliding TTL": a used
     // pin that served is already slid by the lookup; anything else is written to the server.
-    return f.used && f.servedPinned && !f.pinFailed ? 'none' : 'write-served';
+    // "until a success turns it into a pin with the rule's TTL": a reservation used is confirmed
+    return f.used && f.servedPinned && !f.pinFailed && !f.provisional ? 'none' : 'write-served';
   }
   // switchOnSuccess false: an existing pin never moves to another channel.
   if (f.used) {
-    if (!f.pinFailed) return 'none'; // served by its pin, refreshed by the lookup
+    if (!f.pinFailed) return f.provisional ? 'write-first' : 'none'; // refreshed by the lookup, or a reservation confirmed
     if (f.servedPinned) return 'write-first'; // the pinned channel itself served in the end
     return clearOnFailure ? 'clear' : 'write-first'; // kept pointing to the pinned channel
   }
@@ -47,8 +54,8 @@ const rows = [...combinations()].filter((r) => feasible(r.f));
 
 describe('decidePin over every feasible combination', () => {
   test('the table has every feasible row (and only those)', () => {
-    expect([...combinations()]).toHaveLength(256);
-    expect(rows).toHaveLength(56);
+    expect([...combinations()]).toHaveLength(1024);
+    expect(rows).toHaveLength(128);
   });
 
   test.each(rows.map((r) => [JSON.stringify({ ...r.f, switchOnSuccess: r.switchOnSuccess, clearOnFailure: r.clearOnFailure }), r] as const))(
@@ -60,7 +67,7 @@ describe('decidePin over every feasible combination', () => {
 });
 
 describe('named rows', () => {
-  const base: PinFacts = { success: true, hit: false, used: false, cleared: false, pinFailed: false, servedPinned: false };
+  const base: PinFacts = { success: true, hit: false, used: false, cleared: false, pinFailed: false, servedPinned: false, provisional: false, reserved: false };
   const dflt = { switchOnSuccess: true, clearOnFailure: true };
   test('a miss that succeeds writes a new pin to the channel that served', () => {
     expect(decidePin(base, dflt)).toBe('write-served');
@@ -81,6 +88,15 @@ describe('named rows', () => {
   });
   test('a stale pin that was cleared, then a success: pinned anew', () => {
     expect(decidePin({ ...base, hit: true, cleared: true }, dflt)).toBe('write-served');
+  });
+  test('a reservation this request wrote: confirmed on success, released on failure', () => {
+    expect(decidePin({ ...base, reserved: true }, dflt)).toBe('write-served');
+    expect(decidePin({ ...base, success: false, reserved: true }, dflt)).toBe('release');
+  });
+  test("another request's reservation used: confirmed by a success, cleared when its channel fails", () => {
+    const used = { ...base, hit: true, used: true, servedPinned: true, provisional: true };
+    expect(decidePin(used, dflt)).toBe('write-served');
+    expect(decidePin({ ...used, success: false, pinFailed: true }, dflt)).toBe('clear');
   });
   test('switchOnSuccess off: a stale pin kept (keepOnChannelDisabled) is not replaced', () => {
     expect(decidePin({ ...base, hit: true }, { ...dflt, switchOnSuccess: false })).toBe('none');

@@ -1,5 +1,6 @@
-// Issue 5's budget: at most one Redis round trip before next(), whatever the affinity outcome,
-// counted on the wire through a counting sendCommand (RedisStore on a real redis-server).
+// The Redis budget before next(), counted on the wire through a counting sendCommand (RedisStore
+// on a real redis-server): no rule 0, a hit 1, a miss at most 2 (the lookup and, with
+// affinity.coalesce, the reservation); 1 for a miss without coalescing.
 import { afterAll, beforeAll, expect, test } from '@jest/globals';
 import { createClient } from 'redis';
 import request from 'supertest';
@@ -31,20 +32,25 @@ describeRedis('Redis round trips before next()', (url) => {
 
   const atNext: number[] = [];
   const channels = [{ id: 1, models: 'gpt-5', key: 'k1' }, { id: 2, models: 'gpt-5', key: 'k2' }];
-  const make = () => createApp({ channels, store, syncIntervalMs: 60_000 }, {
+  const make = (coalesce = true) => createApp({ channels, store, syncIntervalMs: 60_000, affinity: { coalesce } }, {
     handler: (_req, res) => {
       atNext.push(sent.length); // commands sent by the time the relay runs
       res.json({ channel: res.locals.channel?.id, affinity: res.locals.distribution?.affinity ?? null });
     },
   });
 
-  test('steady state: no rule, a miss, a hit cost 0, 1, 1 commands before next(); a used pin writes nothing after', async () => {
-    const { app, mw } = make();
+  test.each([
+    ['coalesce (default): a miss costs 2 (lookup, reservation), confirmed by one write after the response', true, 2],
+    ['without coalesce: a miss costs 1, pinned by one write after the response', false, 1],
+  ])('%s; no rule 0, a hit 1, and a used pin writes nothing after', async (_label, coalesce, missCost) => {
+    const { app, mw } = make(coalesce);
     try {
       await new Promise((r) => setTimeout(r, 100)); // the startup health sync is not a request's cost
       // The first use of a Lua script may cost an EVALSHA miss plus an EVAL (script cache warm-up).
-      await request(app).post('/v1/responses').send({ model: 'gpt-5', prompt_cache_key: 'warm-up' }).expect(200);
-      const session = `s-${Date.now()}`;
+      await request(app).post('/v1/responses').send({ model: 'gpt-5', prompt_cache_key: `warm-up-${coalesce}` }).expect(200);
+      await request(app).post('/v1/responses').send({ model: 'gpt-5', prompt_cache_key: `warm-up-${coalesce}` }).expect(200);
+      await new Promise((r) => setTimeout(r, 50));
+      const session = `s-${Date.now()}-${coalesce}`;
       sent = [];
       await request(app).post('/v1/chat/completions').send({ model: 'gpt-5' }).expect(200);
       expect(atNext.pop()).toBe(0);
@@ -52,10 +58,10 @@ describeRedis('Redis round trips before next()', (url) => {
       sent = [];
       const miss = await request(app).post('/v1/responses').send({ model: 'gpt-5', prompt_cache_key: session }).expect(200);
       expect(miss.body.affinity).toMatchObject({ hit: false });
-      expect(atNext.pop()).toBe(1);
+      expect(atNext.pop()).toBe(missCost);
       await new Promise((r) => setTimeout(r, 50));
-      expect(sent.length).toBe(2); // the lookup, then the pin written after the response finished
-      expect(sent[1][0]).toBe('EVALSHA');
+      expect(sent.length).toBe(missCost + 1); // then the pin written (or the reservation confirmed) after the response finished
+      expect(sent.every((c) => c[0] === 'EVALSHA')).toBe(true);
 
       sent = [];
       const hit = await request(app).post('/v1/responses').send({ model: 'gpt-5', prompt_cache_key: session }).expect(200);

@@ -2,7 +2,7 @@
 // parse -> routing checks -> affinity lookup -> select + setup (fallback) -> next() -> finish.
 import type { NextFunction, Request, RequestHandler, Response } from 'express';
 import { matchAffinity } from './affinity/key';
-import { usePin } from './affinity/lookup';
+import { releaseStalePin, reserveSession, usePin } from './affinity/lookup';
 import type { ChannelRegistry } from './channels/registry';
 import { DistributorError, errorBody } from './errors';
 import { callHook, markStart } from './hooks';
@@ -73,7 +73,8 @@ function* distribute(rt: Runtime, req: Request, res: Response): Steps<'next' | D
   if (!parsed.model) return new DistributorError('model_required', 'Model name not specified, model name cannot be empty', 400);
   let ok = cfg.affinity.enabled && cfg.affinity.rules.length > 0 && (yield* usePin(rt, run, req, res, parsed));
   if (!ok) ok = yield* selectWithFallback(run, cfg.retry.times + 1, 'select', run.groups);
-  if (!ok) return run.noChannelError();
+  if (!ok) return yield* noChannel(rt, run);
+  if (run.match) yield* reserveSession(rt, run);
   if (cfg.traceHeader) res.setHeader(TRACE_HEADER, traceHeaderValue(run.d.trace));
   if (rt.debug) debugSelected(rt, run);
   return 'next';
@@ -90,6 +91,12 @@ function start(rt: Runtime, req: Request, res: Response, routing: Routing, model
   // The client may have gone while the body or the context was awaited: 'close' already fired.
   if (res.closed) run.finalize(res.writableFinished);
   return run;
+}
+
+/** No channel sets up: a stale pin whose clearing waited for the reservation goes now; then 503. */
+function* noChannel(rt: Runtime, run: RequestRun): Steps<DistributorError> {
+  yield* releaseStalePin(rt, run);
+  return run.noChannelError();
 }
 
 function debugSelected(rt: Runtime, run: RequestRun): void {

@@ -89,6 +89,9 @@ export interface Config {
     keepOnChannelDisabled: boolean;
     clearOnFailure: boolean;
     defaultTtlMs: number;
+    keyLevel: boolean;
+    coalesce: boolean;
+    reserveTtlMs: number;
   };
   retry: {
     times: number;
@@ -234,6 +237,9 @@ export function resolveOptions(options: DistributorOptions): Config {
       keepOnChannelDisabled: booleanOption(configError, 'affinity.keepOnChannelDisabled', aff.keepOnChannelDisabled, false),
       clearOnFailure: booleanOption(configError, 'affinity.clearOnFailure', aff.clearOnFailure, true),
       defaultTtlMs: defaultTtlSeconds * 1000,
+      keyLevel: booleanOption(configError, 'affinity.keyLevel', aff.keyLevel, true),
+      coalesce: booleanOption(configError, 'affinity.coalesce', aff.coalesce, true),
+      reserveTtlMs: positiveNumber(configError, 'affinity.reserveTtlMs', aff.reserveTtlMs, 30_000),
     },
     retry: {
       times: integerAtLeast(configError, 'retry.times', retry.times, 2, 0),

@@ -22,19 +22,36 @@ export class StoreGuard {
 
   /**
    * A pin lookup: answered synchronously when the store can (`getPinSync`, an in-process store),
-   * else through `getPin`; failing soft either way. The one pin-read path of the distributor.
+   * else through `getPin`; failing soft either way (`undefined`: the store failed, which the
+   * caller treats as a miss and as a reason to make no more store calls for the request). The one
+   * pin-read path of the distributor.
    */
-  readPin(store: Store, key: string, refreshTtlMs: number): string | null | Promise<string | null> {
-    if (store.getPinSync) {
+  readPin(store: Store, key: string, refreshTtlMs: number): string | null | undefined | Promise<string | null | undefined> {
+    return this.either('getPin', store.getPinSync && (() => store.getPinSync?.(key, refreshTtlMs)), () => store.getPin(key, refreshTtlMs));
+  }
+
+  /**
+   * A reservation (`reservePin`), synchronous when the store can (`reservePinSync`): null when
+   * written, the value held otherwise, `undefined` when the store failed or cannot reserve.
+   */
+  reservePin(store: Store, key: string, value: string, ttlMs: number, replacing?: string): string | null | undefined | Promise<string | null | undefined> {
+    const reserve = store.reservePin;
+    if (!reserve) return undefined;
+    return this.either('reservePin', store.reservePinSync && (() => store.reservePinSync?.(key, value, ttlMs, replacing)), () => reserve.call(store, key, value, ttlMs, replacing));
+  }
+
+  /** `sync()` when given and it answers (not undefined), else `call()`; a failure of either is `undefined`. */
+  private either<T>(operation: string, sync: (() => T | undefined) | undefined | false, call: () => Promise<T>): T | undefined | Promise<T | undefined> {
+    if (sync) {
       try {
-        const v = store.getPinSync(key, refreshTtlMs);
+        const v = sync();
         if (v !== undefined) return v;
       } catch (e) {
-        this.report('getPin', e);
-        return null;
+        this.report(operation, e);
+        return undefined;
       }
     }
-    return this.run('getPin', () => store.getPin(key, refreshTtlMs), null);
+    return this.run<T | undefined>(operation, call, undefined);
   }
 
   report(operation: string, e: unknown): void {

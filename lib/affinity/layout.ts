@@ -30,16 +30,40 @@ export function ruleNameOfPinKey(key: string): string {
   }
 }
 
-/** A pin's value for a channel: its id, in decimal (what version 0.1 stored, so 0.1 pins still read). */
-export function pinValue(channelId: number): string {
-  return String(channelId);
+/**
+ * A pin's value: the channel id in decimal (what version 0.1 stored, so 0.1 pins still read), then
+ * `.<key index>` when the pin records the key (`affinity.keyLevel` on a multi-key channel). A
+ * reservation (`affinity.coalesce`) appends `~<token>`: the request that wrote it, so that only it
+ * deletes it when it fails.
+ */
+export function pinValue(channelId: number, keyIndex?: number): string {
+  return keyIndex === undefined ? String(channelId) : `${channelId}.${keyIndex}`;
 }
 
-/** The channel a stored pin value names; null for a value this version does not understand. */
-export function pinnedChannel(value: unknown): number | null {
+/** A reservation value: the pin value it will become, and the reserving request's token. */
+export function reservationValue(pin: string, token: string): string {
+  return `${pin}~${token}`;
+}
+
+/** What a stored pin value says. */
+export interface PinTarget {
+  channelId: number;
+  /** The key the pin recorded (undefined: a channel-level pin, e.g. written by 0.1). */
+  keyIndex?: number;
+  /** A reservation of a first request, not yet confirmed by a success. */
+  provisional: boolean;
+}
+
+const PIN_VALUE = /^(\d{1,15})(?:\.(\d{1,6}))?(~[A-Za-z0-9_-]{1,64})?$/;
+
+/** The channel (and key) a stored pin value names; null for a value this version does not understand. */
+export function parsePin(value: unknown): PinTarget | null {
   // a custom store written for 0.1 may still answer the channel id as a number
   const text = typeof value === 'number' ? String(value) : value;
-  if (typeof text !== 'string' || !/^\d{1,15}$/.test(text)) return null;
-  const n = Number(text);
-  return n > 0 ? n : null;
+  if (typeof text !== 'string') return null;
+  const m = PIN_VALUE.exec(text);
+  if (!m) return null;
+  const channelId = Number(m[1]);
+  if (channelId <= 0) return null;
+  return { channelId, keyIndex: m[2] === undefined ? undefined : Number(m[2]), provisional: m[3] !== undefined };
 }

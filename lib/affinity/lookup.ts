@@ -9,7 +9,7 @@ import type { Runtime } from '../runtime';
 import type { Steps } from '../steps';
 import { ChannelStatus, type AffinityInfo, type StaleReason } from '../types';
 import { matchAffinity } from './key';
-import { pinnedChannel } from './layout';
+import { parsePin, reservationValue, type PinTarget } from './layout';
 
 /** Why a pin cannot be used, or the group it serves in. */
 function checkPin(rt: Runtime, run: RequestRun, id: number): { reason: StaleReason } | { ch: RegisteredChannel; group: string } {
@@ -41,40 +41,160 @@ export function* usePin(rt: Runtime, run: RequestRun, req: Request, res: Respons
   if (!match) return false;
   run.match = match;
   const info: AffinityInfo = (run.d.affinity = { rule: match.rule.name, hit: false, used: false, cleared: false });
-  const value = (yield rt.guard.readPin(cfg.store, match.key, match.rule.ttlMs)) as string | null;
+  const value = (yield rt.guard.readPin(cfg.store, match.key, match.rule.ttlMs)) as string | null | undefined;
+  // the store failed: a miss, and no further store call before next() (one timeout at most)
+  if (value === undefined) run.storeFailed = true;
   // a value this version cannot read is a miss: the next success overwrites it
-  const pinned = pinnedChannel(value);
-  if (pinned === null) {
+  const pin = parsePin(value);
+  if (pin === null) {
     rt.usage.lookup(match.rule.name, false);
     run.note(`affinity:miss rule=${match.rule.name}`);
     if (cfg.on.affinityMiss) callHook(cfg, 'affinityMiss', { req, rule: match.rule.name, fingerprint: match.fingerprint });
     return false;
   }
   info.hit = true;
-  run.pinnedId = pinned;
   run.pinnedValue = value as string;
-  const checked = checkPin(rt, run, pinned);
-  let stale: StaleReason;
-  if ('reason' in checked) stale = checked.reason;
-  else {
-    if (yield* run.trySetup(checked.ch, checked.group)) {
-      info.used = true;
-      rt.usage.lookup(match.rule.name, true);
-      run.note(`affinity:hit ch=${pinned}`);
-      if (cfg.on.affinityHit) callHook(cfg, 'affinityHit', { req, rule: match.rule.name, channelId: pinned, fingerprint: match.fingerprint });
-      if (cfg.on.select) callHook(cfg, 'select', { req, channel: run.observedChannel(), group: checked.group, model: run.model, reason: 'affinity' });
-      return true;
-    }
-    stale = 'setup_failed';
-  }
-  info.stale = stale;
+  if (yield* tryPin(rt, run, pin, 'hit')) return true;
   rt.usage.lookup(match.rule.name, false);
-  if (!cfg.affinity.keepOnChannelDisabled) {
-    // compare-and-delete with the value read: another instance may have re-pinned it meanwhile
-    info.cleared = (yield rt.guard.run('clearPin', () => cfg.store.clearPin(match.key, value as string), false)) as boolean;
+  run.stalePin = pin.channelId;
+  // With coalescing the stale pin is replaced by this request's reservation in one round trip
+  // (reserveSession, which reports it); without, it is cleared now.
+  if (cfg.affinity.keepOnChannelDisabled || !coalescing(rt) || run.storeFailed) {
+    if (!cfg.affinity.keepOnChannelDisabled) {
+      // compare-and-delete with the value read: another instance may have re-pinned it meanwhile
+      info.cleared = (yield rt.guard.run('clearPin', () => cfg.store.clearPin(match.key, value as string), false)) as boolean;
+    }
+    reportStale(rt, run);
   }
-  run.note(`affinity:stale(${stale}) ch=${pinned}${info.cleared ? ' cleared' : ''}`);
-  callHook(cfg, 'affinityStale', { req, rule: match.rule.name, channelId: pinned, reason: stale, cleared: info.cleared });
-  if (rt.debug) cfg.logger.debug?.('stale affinity pin', { rule: match.rule.name, fingerprint: match.fingerprint, channelId: pinned, reason: stale, cleared: info.cleared });
   return false;
+}
+
+/** The stale pin's note, hook and debug line, once its fate (cleared or not) is known. */
+function reportStale(rt: Runtime, run: RequestRun): void {
+  const channelId = run.stalePin;
+  const info = run.d.affinity;
+  const match = run.match;
+  if (channelId === undefined || !info || !match) return;
+  run.stalePin = undefined;
+  const { cfg } = rt;
+  const reason = info.stale as StaleReason;
+  run.note(`affinity:stale(${reason}) ch=${channelId}${info.cleared ? ' cleared' : ''}`);
+  callHook(cfg, 'affinityStale', { req: run.req, rule: match.rule.name, channelId, reason, cleared: info.cleared });
+  if (rt.debug) cfg.logger.debug?.('stale affinity pin', { rule: match.rule.name, fingerprint: match.fingerprint, channelId, reason, cleared: info.cleared });
+}
+
+/**
+ * Uses a pin (or a reservation found): the channel when it is usable, with the key it recorded
+ * while that key is enabled (another key of the same channel otherwise: the pin then moves to it).
+ * Sets `affinity.stale` and returns false when the channel cannot serve.
+ */
+function* tryPin(rt: Runtime, run: RequestRun, pin: PinTarget, how: 'hit' | 'coalesced'): Steps<boolean> {
+  const { cfg } = rt;
+  const info = run.d.affinity as AffinityInfo;
+  run.pinnedId = pin.channelId;
+  run.pinnedKey = cfg.affinity.keyLevel ? pin.keyIndex : undefined;
+  run.provisional = pin.provisional;
+  if (run.pinnedKey !== undefined) info.keyIndex = run.pinnedKey;
+  const checked = checkPin(rt, run, pin.channelId);
+  if ('reason' in checked) {
+    info.stale = checked.reason;
+    return false;
+  }
+  if (!(yield* run.trySetup(checked.ch, checked.group, run.pinnedKey))) {
+    info.stale = 'setup_failed';
+    return false;
+  }
+  info.used = true;
+  info.stale = undefined;
+  const { req } = run;
+  const rule = (run.match as NonNullable<RequestRun['match']>).rule.name;
+  if (how === 'hit') rt.usage.lookup(rule, true);
+  run.note(`affinity:${how} ch=${pin.channelId}${run.currentKeyIndex !== undefined && run.pinnedKey !== undefined ? ` key=${run.currentKeyIndex}` : ''}`);
+  if (cfg.on.affinityHit) callHook(cfg, 'affinityHit', { req, rule, channelId: pin.channelId, fingerprint: (run.match as NonNullable<RequestRun['match']>).fingerprint });
+  if (cfg.on.select) callHook(cfg, 'select', { req, channel: run.observedChannel(), group: checked.group, model: run.model, reason: 'affinity' });
+  return true;
+}
+
+function coalescing(rt: Runtime): boolean {
+  return rt.cfg.affinity.coalesce && typeof rt.cfg.store.reservePin === 'function';
+}
+
+/**
+ * One channel per new session (`affinity.coalesce`): after selection on a miss (or a stale pin),
+ * reserve the chosen channel and key under the pin key with an add-if-absent write. A request that
+ * finds another's reservation (or pin) written meanwhile uses it like a pin, so N concurrent first
+ * requests of one session, on one instance or several, are served by one channel. At most one
+ * more store round trip before `next()`.
+ */
+export function* reserveSession(rt: Runtime, run: RequestRun): Steps<void> {
+  const match = run.match;
+  const info = run.d.affinity;
+  const cur = run.current;
+  if (!match || !info || info.used || !cur || run.storeFailed || !coalescing(rt)) return;
+  const { cfg } = rt;
+  const replacing = info.hit && !cfg.affinity.keepOnChannelDisabled ? run.pinnedValue : undefined;
+  if (info.hit && replacing === undefined) return; // a stale pin that is kept stays as it is
+  const own = reservationValue(run.pinOf(cur, run.currentKeyIndex), reservationToken());
+  const held = (yield rt.guard.reservePin(cfg.store, match.key, own, cfg.affinity.reserveTtlMs, replacing)) as string | null | undefined;
+  if (held === null) {
+    run.reservedValue = own;
+    if (replacing !== undefined) info.cleared = true;
+    reportStale(rt, run);
+    return;
+  }
+  reportStale(rt, run); // replaced meanwhile by another request, or the store failed: not cleared by us
+  if (held === undefined) return; // the store failed: no coalescing this time
+  // another request got there first: use its channel like a pin, if it can serve
+  const pin = parsePin(held);
+  if (pin === null || (pin.channelId === cur.id && (run.pinnedKey === undefined || pin.keyIndex === run.currentKeyIndex))) {
+    if (pin !== null) adopt(run, held, pin, cur.id);
+    return;
+  }
+  const before = { value: run.pinnedValue, id: run.pinnedId, key: run.pinnedKey, provisional: run.provisional, hit: info.hit, stale: info.stale };
+  info.hit = true;
+  run.pinnedValue = held;
+  if (yield* tryPin(rt, run, pin, 'coalesced')) return;
+  // it cannot serve here: keep the channel selection chose (the relay's answer decides the pin)
+  run.pinnedValue = before.value;
+  run.pinnedId = before.id;
+  run.pinnedKey = before.key;
+  run.provisional = before.provisional;
+  info.hit = before.hit;
+  info.stale = before.stale;
+}
+
+/**
+ * Clears a stale pin whose clearing was left to the reservation (no channel was found to reserve):
+ * compare-and-delete, not awaited.
+ */
+export function* releaseStalePin(rt: Runtime, run: RequestRun): Steps<void> {
+  const { cfg } = rt;
+  const info = run.d.affinity;
+  const match = run.match;
+  const value = run.pinnedValue;
+  if (run.stalePin === undefined || !match || !info || value === undefined) return;
+  info.cleared = (yield rt.guard.run('clearPin', () => cfg.store.clearPin(match.key, value), false)) as boolean;
+  reportStale(rt, run);
+}
+
+/** The reservation named the channel this request already holds: it is the pin now. */
+function adopt(run: RequestRun, held: string, pin: PinTarget, channelId: number): void {
+  const info = run.d.affinity as AffinityInfo;
+  info.hit = true;
+  info.used = true;
+  info.stale = undefined;
+  run.pinnedValue = held;
+  run.pinnedId = channelId;
+  run.pinnedKey = pin.keyIndex;
+  run.provisional = pin.provisional;
+  run.note('affinity:coalesced');
+}
+
+let tokenCounter = 0;
+const processTag = Math.random().toString(36).slice(2, 8);
+
+/** A token unique to the reserving request (process tag + counter: no randomness per request). */
+function reservationToken(): string {
+  tokenCounter = (tokenCounter + 1) % Number.MAX_SAFE_INTEGER;
+  return `${processTag}${tokenCounter.toString(36)}`;
 }

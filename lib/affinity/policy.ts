@@ -14,8 +14,12 @@ export interface PinFacts {
   cleared: boolean;
   /** The pinned channel failed with a retryable status. */
   pinFailed: boolean;
-  /** The channel that served last is the pinned one. */
+  /** The channel (and, for key-level pins, the key) that served last is the pinned one. */
   servedPinned: boolean;
+  /** The pin read was another request's reservation (a first request not yet confirmed). */
+  provisional: boolean;
+  /** This request wrote a reservation (it was a session's first request). */
+  reserved: boolean;
 }
 
 export interface PinPolicyOptions {
@@ -29,24 +33,28 @@ export interface PinPolicyOptions {
  * - `write-served`: pin the key to the channel that served
  * - `write-first`: pin the key to the first channel this request set up (the pinned one when the
  *   pin was used); without switchOnSuccess a pin never follows a retry
+ * - `release`: compare-and-delete the reservation this request wrote (it failed)
  */
-export type PinAction = 'none' | 'clear' | 'write-served' | 'write-first';
+export type PinAction = 'none' | 'clear' | 'write-served' | 'write-first' | 'release';
 
 /** Decides the pin write for a finished (or abandoned) request. Pure. */
 export function decidePin(f: PinFacts, o: PinPolicyOptions): PinAction {
   if (!f.success) {
-    // A failed request writes nothing; a used pin whose channel failed goes (clearOnFailure).
+    // A failed request writes nothing: its own reservation goes; a used pin whose channel failed
+    // goes too (clearOnFailure).
+    if (f.reserved) return 'release';
     return f.pinFailed && o.clearOnFailure ? 'clear' : 'none';
   }
   if (o.switchOnSuccess) {
-    // A used pin that served was refreshed by the lookup (sliding TTL): nothing to write.
-    if (f.used && f.servedPinned && !f.pinFailed) return 'none';
+    // A used pin that served was refreshed by the lookup (sliding TTL): nothing to write, unless
+    // it was a reservation, which a success confirms as a pin with the rule's TTL.
+    if (f.used && f.servedPinned && !f.pinFailed && !f.provisional) return 'none';
     return 'write-served';
   }
   // Without switchOnSuccess an existing pin never moves.
   if (f.pinFailed && o.clearOnFailure && !f.servedPinned) return 'clear';
   // A stale pin that was kept (keepOnChannelDisabled) stays as it is.
   if (f.hit && !f.used && !f.cleared) return 'none';
-  if (f.used && !f.pinFailed) return 'none';
+  if (f.used && !f.pinFailed && !f.provisional) return 'none';
   return 'write-first';
 }

@@ -14,8 +14,13 @@ export class KeyPicker {
   constructor(private readonly random: () => number) {}
 
   /** The index of the key to use, or -1 for a channel without keys. Throws NoEnabledKeyError. */
-  pick(ch: RegisteredChannel): number {
+  /**
+   * The key index for this request: `preferred` (the key a pin recorded) while it exists and is
+   * enabled, else one enabled key by `multiKeyMode`; -1 for a channel without keys.
+   */
+  pick(ch: RegisteredChannel, preferred?: number): number {
     const n = ch.keys.length;
+    if (preferred !== undefined && preferred >= 0 && preferred < n && !ch.disabledKeys.has(preferred)) return preferred;
     if (n === 0) return -1;
     if (n === 1 && ch.disabledKeys.size === 0) return 0;
     const enabled: number[] = [];

@@ -45,14 +45,26 @@ export class RequestRun implements RunHandle {
   pinnedId?: number;
   /** The pin's value as read (compare-and-delete clears exactly that). */
   pinnedValue?: string;
+  /** The key index the pin recorded (key-level pins). */
+  pinnedKey?: number;
+  /** The pin read was another request's reservation, not yet confirmed by a success. */
+  provisional = false;
+  /** The reservation this request wrote (it deletes it if it fails). */
+  reservedValue?: string;
+  /** A store call of this request failed: no more before `next()` (an outage costs one timeout). */
+  storeFailed = false;
+  /** The channel of a stale pin whose clearing (and report) waits for the reservation. */
+  stalePin?: number;
   /** The pinned channel failed with a retryable status. */
   pinFailed = false;
   /** The channel the request holds now. */
   current?: RegisteredChannel;
   /** The last group selection looked at (named in the 503 of an `auto` request). */
   lastGroup?: string;
-  private currentKeyIndex?: number;
+  /** The key index of the current channel (undefined: a channel without keys). */
+  currentKeyIndex?: number;
   private firstChosen?: number;
+  private firstKeyIndex?: number;
   private upstreamRetries = 0;
   /** Upstream attempts made in the current `selectedGroup` ('descend' restarts at tier 0 in a new group). */
   private groupUpstream = 0;
@@ -142,14 +154,15 @@ export class RequestRun implements RunHandle {
   /**
    * Sets a channel up (key choice, then `options.setup`, which may return a promise: the driver
    * waits for it). On success it becomes the current channel and `res.locals.channel`; on
-   * failure the attempt is recorded and false returned.
+   * failure the attempt is recorded and false returned. `preferredKey`: the key a pin recorded,
+   * used while it is enabled.
    */
-  *trySetup(ch: RegisteredChannel, group: string): Steps<boolean> {
+  *trySetup(ch: RegisteredChannel, group: string, preferredKey?: number): Steps<boolean> {
     this.markTried(ch.id);
     let view: Channel;
     let keyIndex: number | undefined;
     try {
-      const index = this.rt.keys.pick(ch);
+      const index = this.rt.keys.pick(ch, preferredKey);
       keyIndex = index < 0 ? undefined : index;
       view = viewWithKey(ch, index);
       const setup = this.rt.cfg.setup;
@@ -164,7 +177,10 @@ export class RequestRun implements RunHandle {
     const d = this.d;
     this.current = ch;
     this.currentKeyIndex = keyIndex;
-    this.firstChosen ??= ch.id;
+    if (this.firstChosen === undefined) {
+      this.firstChosen = ch.id;
+      this.firstKeyIndex = keyIndex;
+    }
     if (group !== d.selectedGroup) this.groupUpstream = 0;
     d.selectedGroup = group;
     d.selected = true;
@@ -354,17 +370,34 @@ export class RequestRun implements RunHandle {
     const match = this.match;
     const info = this.d.affinity;
     if (!match || !info) return;
-    const action = decidePin(
-      { success, hit: info.hit, used: info.used, cleared: info.cleared, pinFailed: this.pinFailed, servedPinned: cur.id === this.pinnedId },
-      cfg.affinity,
-    );
+    const action = decidePin({
+      success, hit: info.hit, used: info.used, cleared: info.cleared, pinFailed: this.pinFailed,
+      servedPinned: this.servesPin(cur), provisional: this.provisional, reserved: this.reservedValue !== undefined,
+    }, cfg.affinity);
     if (action === 'clear') {
       const pinned = this.pinnedValue as string;
       void guard.run('clearPin', () => cfg.store.clearPin(match.key, pinned), false);
       if (!success) info.cleared = true;
+    } else if (action === 'release') {
+      const own = this.reservedValue as string;
+      void guard.run('clearPin', () => cfg.store.clearPin(match.key, own), false);
     } else if (action !== 'none') {
-      const target = action === 'write-served' ? cur.id : this.firstChosen ?? cur.id;
-      void guard.run('setPin', () => cfg.store.setPin(match.key, pinValue(target), match.rule.ttlMs), undefined);
+      const value = action === 'write-served'
+        ? this.pinOf(cur, this.currentKeyIndex)
+        : this.pinOf(this.rt.registry.get(this.firstChosen ?? cur.id) ?? cur, this.firstChosen === undefined ? this.currentKeyIndex : this.firstKeyIndex);
+      void guard.run('setPin', () => cfg.store.setPin(match.key, value, match.rule.ttlMs), undefined);
     }
+  }
+
+  /** The pin value for a channel and key: key-level when `affinity.keyLevel` and the channel has keys to choose from. */
+  pinOf(ch: RegisteredChannel, keyIndex: number | undefined): string {
+    return pinValue(ch.id, this.rt.cfg.affinity.keyLevel && ch.keys.length > 1 ? keyIndex : undefined);
+  }
+
+  /** Does the pin read name this channel (and, for a key-level pin, the key it used)? */
+  servesPin(cur: RegisteredChannel): boolean {
+    if (cur.id !== this.pinnedId) return false;
+    if (!this.rt.cfg.affinity.keyLevel || cur.keys.length < 2) return true;
+    return this.currentKeyIndex === this.pinnedKey;
   }
 }

@@ -143,6 +143,23 @@ export class MemoryStore implements Store {
     this.pins.set(flatKey(key), { value, exp });
   }
 
+  async reservePin(key: string, value: string, ttlMs: number, replacing?: string): Promise<string | null> {
+    return this.reserve(key, value, ttlMs, replacing);
+  }
+
+  /** `reservePin()` without the promise; `undefined` for a subclass that overrides `reservePin`. */
+  reservePinSync(key: string, value: string, ttlMs: number, replacing?: string): string | null | undefined {
+    if (this.reservePin !== MemoryStore.prototype.reservePin) return undefined;
+    return this.reserve(key, value, ttlMs, replacing);
+  }
+
+  private reserve(key: string, value: string, ttlMs: number, replacing?: string): string | null {
+    const held = this.readPin(key);
+    if (held !== null && held !== replacing) return held;
+    void this.setPin(key, value, ttlMs);
+    return null;
+  }
+
   async clearPin(key: string, expectedValue: string): Promise<boolean> {
     if (this.readPin(key) !== expectedValue) return false;
     return this.pins.delete(key);

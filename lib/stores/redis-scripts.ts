@@ -61,6 +61,19 @@ export const SET_PIN = script('setPin', `
 `);
 
 /**
+ * KEYS[1] pin; ARGV[1] value, ARGV[2] write time (epoch ms), ARGV[3] TTL ms, ARGV[4] the value it
+ * may replace ('' for none). Add-if-absent: writes `<value>:<time>` when the key is empty or holds
+ * exactly ARGV[4] (a stale pin being replaced), and returns nil; otherwise returns what the key
+ * holds (the value other requests agreed on), unchanged.
+ */
+export const RESERVE_PIN = script('reservePin', `
+  local v = redis.call('GET', KEYS[1])
+  if v and (ARGV[4] == '' or (string.match(v, '^(.*):%d+$') or v) ~= ARGV[4]) then return v end
+  redis.call('SET', KEYS[1], ARGV[1] .. ':' .. ARGV[2], 'PX', ARGV[3])
+  return false
+`);
+
+/**
  * KEYS[1] failures hash (id -> "count:since"), KEYS[2] cooldowns hash (id -> until ms).
  * ARGV: id, now, failures, windowMs, until, events channel, cooldown event JSON.
  * Counts a failure in the window that started at the first counted failure; at the threshold

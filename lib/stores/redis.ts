@@ -11,7 +11,7 @@ import {
   errorMessage, isErrorReply, isNoScript, replyArray, replyInt, replyPairs, replyPin, replyScan, replyText,
 } from './redis-reply';
 import {
-  CLEAR_COOLDOWN, CLEAR_PIN, GET_PIN, LOAD_HEALTH, RECORD_FAILURE, SET_OVERRIDE, SET_PIN, type LuaScript,
+  CLEAR_COOLDOWN, CLEAR_PIN, GET_PIN, LOAD_HEALTH, RECORD_FAILURE, RESERVE_PIN, SET_OVERRIDE, SET_PIN, type LuaScript,
 } from './redis-scripts';
 import type { CooldownPolicy, HealthSnapshot, Store, StoreEvent } from './store';
 
@@ -257,6 +257,18 @@ export class RedisStore implements Store {
     }
     const owed = this.pending.get(write.key);
     if (owed && owed.at <= write.at) this.pending.delete(write.key);
+  }
+
+  /**
+   * Add-if-absent (or in place of `replacing`, a stale value): one atomic script, so of N
+   * instances reserving one key at once exactly one wins; resolves to null when written, else to
+   * the value the key holds.
+   */
+  async reservePin(key: string, value: string, ttlMs: number, replacing?: string): Promise<string | null> {
+    const k = this.prefix + key;
+    const reply = await this.guarded('reservePin', () =>
+      this.evalScript(RESERVE_PIN, [k], [value, String(Date.now()), String(Math.max(1, Math.ceil(ttlMs))), replacing ?? '']));
+    return replyPin(reply);
   }
 
   async clearPin(key: string, expectedValue: string): Promise<boolean> {

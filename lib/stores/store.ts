@@ -48,6 +48,15 @@ export interface Store {
   getPinSync?(key: string, refreshTtlMs?: number): string | null | undefined;
   /** Pins `key` to `value` for `ttlMs`. */
   setPin(key: string, value: string, ttlMs: number): Promise<void>;
+  /**
+   * Add-if-absent: writes `value` for `ttlMs` when `key` holds nothing (or exactly `replacing`, a
+   * stale value being replaced) and resolves to null; otherwise resolves to the value it holds,
+   * unchanged. Atomic across every user of the store (Redis: one script). Optional: without it
+   * concurrent first requests of a session are not coalesced.
+   */
+  reservePin?(key: string, value: string, ttlMs: number, replacing?: string): Promise<string | null>;
+  /** `reservePin()` answered without a promise, for an in-process store; `undefined`: ask `reservePin`. Optional. */
+  reservePinSync?(key: string, value: string, ttlMs: number, replacing?: string): string | null | undefined;
   /** Compare-and-delete: removes the pin only if it still holds `expectedValue`. */
   clearPin(key: string, expectedValue: string): Promise<boolean>;
   /** Counts a failure of a channel; resolves to the cooldown end when this failure starts one. */
