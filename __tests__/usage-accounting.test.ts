@@ -353,3 +353,29 @@ describe('abuse', () => {
     }
   });
 });
+
+describe('reportUsage() from a relay of your own', () => {
+  test('once per request (a second call is ignored) and counts outside 0..1e9 count as 0', async () => {
+    const express = (await import('express')).default;
+    const supertest = (await import('supertest')).default;
+    const { distributor } = await import('../lib');
+    const seen: Array<{ input?: number; cached?: number }> = [];
+    const mw = distributor({ channels: [{ id: 1, models: 'gpt-5', key: 'sk-own-relay-1' }], logger: memoryLogger(), on: { usage: (e) => seen.push({ input: e.usage.inputTokens, cached: e.usage.cachedTokens }) } });
+    const app = express();
+    app.use(express.json());
+    app.use(mw);
+    app.use((req, res) => {
+      const d = res.locals.distribution!;
+      d.reportUsage({ inputTokens: Number(req.headers['x-input']), cachedTokens: 10 });
+      d.reportUsage({ inputTokens: 999, cachedTokens: 999 }); // a second report of the same request
+      res.json({});
+    });
+    await supertest(app).post('/v1/responses').set('x-input', '100').send({ model: 'gpt-5', prompt_cache_key: 's-own-1' }).expect(200);
+    await supertest(app).post('/v1/responses').set('x-input', '1e308').send({ model: 'gpt-5', prompt_cache_key: 's-own-1' }).expect(200);
+    expect(seen).toEqual([{ input: 100, cached: 10 }, { input: 0, cached: 10 }]);
+    const report = distributorAdmin(mw).affinityReport()['codex cli trace'];
+    expect(report.onMisses).toMatchObject({ reports: 1, inputTokens: 100, cachedTokens: 10 });
+    expect(report.onHits).toMatchObject({ reports: 1, inputTokens: 0 });
+    await mw.shutdown();
+  });
+});

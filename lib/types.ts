@@ -249,7 +249,8 @@ export interface Distribution {
   fail(failure?: RetryFailure): Promise<void>;
   /**
    * Reports the token usage of the answer that served (`relay()` does it itself from JSON and SSE
-   * answers). Feeds the `usage` hook, `distributor_tokens_total` and `affinityReport()`.
+   * answers). Feeds the `usage` hook, `distributor_tokens_total` and `affinityReport()`. Once per
+   * request: later calls are ignored; counts outside 0..1e9 count as 0.
    */
   reportUsage(usage: UsageReport): void;
   /**

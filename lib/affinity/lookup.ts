@@ -146,8 +146,10 @@ export function* reserveSession(rt: Runtime, run: RequestRun): Steps<void> {
   if (held === undefined) return; // the store failed: no coalescing this time
   // another request got there first: use its channel like a pin, if it can serve
   const pin = parsePin(held);
-  if (pin === null || (pin.channelId === cur.id && (run.pinnedKey === undefined || pin.keyIndex === run.currentKeyIndex))) {
-    if (pin !== null) adopt(run, held, pin, cur.id);
+  if (pin === null) return;
+  const sameKey = !cfg.affinity.keyLevel || cur.keys.length < 2 || pin.keyIndex === undefined || pin.keyIndex === run.currentKeyIndex;
+  if (pin.channelId === cur.id && sameKey) {
+    adopt(run, held, pin, cur.id);
     return;
   }
   const before = { value: run.pinnedValue, id: run.pinnedId, key: run.pinnedKey, provisional: run.provisional, hit: info.hit, stale: info.stale };

@@ -39,9 +39,12 @@ export interface AffinityRuleReport {
 
 const emptyTokens = (): Tokens => ({ reports: 0, input: 0, cached: 0, output: 0, cacheWrite: 0 });
 
-/** A token count from a report: a finite number >= 0, else 0 (a relay's garbage never counts). */
+/** Above this a count is not a real answer's (the relay's parser uses the same bound). */
+const MAX_TOKENS = 1e9;
+
+/** A token count from a report: a finite number from 0 to 1e9, else 0 (garbage never counts). */
 export function tokenCount(v: unknown): number {
-  return typeof v === 'number' && Number.isFinite(v) && v >= 0 ? Math.floor(v) : 0;
+  return typeof v === 'number' && Number.isFinite(v) && v >= 0 && v <= MAX_TOKENS ? Math.floor(v) : 0;
 }
 
 /** The usage as numbers only (every field a count >= 0; absent fields stay absent). */

@@ -55,6 +55,7 @@ export class RequestRun implements RunHandle {
   storeFailed = false;
   /** The channel of a stale pin whose clearing (and report) waits for the reservation. */
   stalePin?: number;
+  private usageReported = false;
   /** The pinned channel failed with a retryable status. */
   pinFailed = false;
   /** The channel the request holds now. */
@@ -329,7 +330,9 @@ export class RequestRun implements RunHandle {
   reportUsage(raw: UsageReport): void {
     const cur = this.current;
     const usage = cleanUsage(raw);
-    if (!cur || !usage) return;
+    // once per request: the answer that served is reported once, however the relay retried
+    if (!cur || !usage || this.usageReported) return;
+    this.usageReported = true;
     const info = this.d.affinity;
     const label: AffinityLabel = info ? (info.used && cur.id === this.pinnedId ? 'hit' : 'miss') : 'none';
     this.rt.usage.usage(this.match?.rule, label, usage);
