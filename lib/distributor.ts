@@ -74,7 +74,7 @@ function* distribute(rt: Runtime, req: Request, res: Response): Steps<'next' | D
   let ok = cfg.affinity.enabled && cfg.affinity.rules.length > 0 && (yield* usePin(rt, run, req, res, parsed));
   if (!ok) ok = yield* selectWithFallback(run, cfg.retry.times + 1, 'select', run.groups);
   if (!ok) return yield* noChannel(rt, run);
-  if (run.match) yield* reserveSession(rt, run);
+  if (run.match && run.d.affinity?.used === false && cfg.affinity.coalesce) yield* reserveSession(rt, run);
   if (cfg.traceHeader) res.setHeader(TRACE_HEADER, traceHeaderValue(run.d.trace));
   if (rt.debug) debugSelected(rt, run);
   return 'next';

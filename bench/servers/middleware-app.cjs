@@ -4,7 +4,17 @@
 'use strict';
 const express = require('express');
 // DIST points at another build (e.g. an older commit's dist/) for before/after comparisons.
-const { distributor, MemoryStore, RedisStore } = require(process.env.DIST || '../../dist');
+const path = require('node:path');
+const DIST = process.env.DIST || path.join(__dirname, '..', '..', 'dist');
+const { distributor, MemoryStore } = require(DIST);
+// 0.2 moved RedisStore to the /redis entry (dist/entry/redis.js); a 0.1 build has it in the main entry
+const { RedisStore } = (() => {
+  try {
+    return require(path.join(DIST, 'entry', 'redis'));
+  } catch {
+    return require(DIST);
+  }
+})();
 
 const MODE = process.env.MODE || 'bare';
 const PORT = Number(process.env.PORT || 18300);

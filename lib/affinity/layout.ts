@@ -54,16 +54,37 @@ export interface PinTarget {
   provisional: boolean;
 }
 
-const PIN_VALUE = /^(\d{1,15})(?:\.(\d{1,6}))?(~[A-Za-z0-9_-]{1,64})?$/;
+const TOKEN_CHAR = /^[A-Za-z0-9_-]{1,64}$/;
 
-/** The channel (and key) a stored pin value names; null for a value this version does not understand. */
+/** The decimal number in `text` from `start` up to `end` (at most `max` digits); -1 if not one. */
+function digits(text: string, start: number, end: number, max: number): number {
+  if (end <= start || end - start > max) return -1;
+  let n = 0;
+  for (let i = start; i < end; i++) {
+    const c = text.charCodeAt(i) - 48;
+    if (c < 0 || c > 9) return -1;
+    n = n * 10 + c;
+  }
+  return n;
+}
+
+/**
+ * The channel (and key) a stored pin value names (`<id>`, `<id>.<key>`, either with `~<token>`);
+ * null for a value this version does not understand. Read on every hit: no regex, no split.
+ */
 export function parsePin(value: unknown): PinTarget | null {
   // a custom store written for 0.1 may still answer the channel id as a number
   const text = typeof value === 'number' ? String(value) : value;
   if (typeof text !== 'string') return null;
-  const m = PIN_VALUE.exec(text);
-  if (!m) return null;
-  const channelId = Number(m[1]);
+  let end = text.indexOf('~');
+  const provisional = end !== -1;
+  if (provisional && !TOKEN_CHAR.test(text.slice(end + 1))) return null;
+  if (!provisional) end = text.length;
+  const dot = text.indexOf('.');
+  const idEnd = dot !== -1 && dot < end ? dot : end;
+  const channelId = digits(text, 0, idEnd, 15);
   if (channelId <= 0) return null;
-  return { channelId, keyIndex: m[2] === undefined ? undefined : Number(m[2]), provisional: m[3] !== undefined };
+  if (idEnd === end) return { channelId, keyIndex: undefined, provisional };
+  const keyIndex = digits(text, idEnd + 1, end, 6);
+  return keyIndex < 0 ? null : { channelId, keyIndex, provisional };
 }

@@ -54,7 +54,15 @@ export function* usePin(rt: Runtime, run: RequestRun, req: Request, res: Respons
   }
   info.hit = true;
   run.pinnedValue = value as string;
-  if (yield* tryPin(rt, run, pin, 'hit')) return true;
+  // the hit path inline (no nested generator per request)
+  const target = pinTarget(rt, run, pin);
+  if (target !== undefined) {
+    if (yield* run.trySetup(target.ch, target.group, run.pinnedKey)) {
+      pinServes(rt, run, pin, target.group, 'hit');
+      return true;
+    }
+    info.stale = 'setup_failed';
+  }
   rt.usage.lookup(match.rule.name, false);
   run.stalePin = pin.channelId;
   // With coalescing the stale pin is replaced by this request's reservation in one round trip
@@ -84,35 +92,52 @@ function reportStale(rt: Runtime, run: RequestRun): void {
 }
 
 /**
- * Uses a pin (or a reservation found): the channel when it is usable, with the key it recorded
- * while that key is enabled (another key of the same channel otherwise: the pin then moves to it).
- * Sets `affinity.stale` and returns false when the channel cannot serve.
+ * A pin (or a reservation found) about to be used: records what it names and returns its channel
+ * and group when the channel can serve; sets `affinity.stale` and returns undefined otherwise.
  */
-function* tryPin(rt: Runtime, run: RequestRun, pin: PinTarget, how: 'hit' | 'coalesced'): Steps<boolean> {
-  const { cfg } = rt;
+function pinTarget(rt: Runtime, run: RequestRun, pin: PinTarget): { ch: RegisteredChannel; group: string } | undefined {
   const info = run.d.affinity as AffinityInfo;
   run.pinnedId = pin.channelId;
-  run.pinnedKey = cfg.affinity.keyLevel ? pin.keyIndex : undefined;
+  run.pinnedKey = rt.cfg.affinity.keyLevel ? pin.keyIndex : undefined;
   run.provisional = pin.provisional;
   if (run.pinnedKey !== undefined) info.keyIndex = run.pinnedKey;
   const checked = checkPin(rt, run, pin.channelId);
   if ('reason' in checked) {
     info.stale = checked.reason;
+    return undefined;
+  }
+  return checked;
+}
+
+/**
+ * Uses a pin (or a reservation found): the channel when it is usable, with the key it recorded
+ * while that key is enabled (another key of the same channel otherwise: the pin then moves to it).
+ * Sets `affinity.stale` and returns false when the channel cannot serve.
+ */
+function* tryPin(rt: Runtime, run: RequestRun, pin: PinTarget, how: 'hit' | 'coalesced'): Steps<boolean> {
+  const target = pinTarget(rt, run, pin);
+  if (target === undefined) return false;
+  if (!(yield* run.trySetup(target.ch, target.group, run.pinnedKey))) {
+    (run.d.affinity as AffinityInfo).stale = 'setup_failed';
     return false;
   }
-  if (!(yield* run.trySetup(checked.ch, checked.group, run.pinnedKey))) {
-    info.stale = 'setup_failed';
-    return false;
-  }
+  pinServes(rt, run, pin, target.group, how);
+  return true;
+}
+
+/** The pin's channel was set up: it serves this request (counters, trace, hooks). */
+function pinServes(rt: Runtime, run: RequestRun, pin: PinTarget, group: string, how: 'hit' | 'coalesced'): void {
+  const { cfg } = rt;
+  const info = run.d.affinity as AffinityInfo;
+  const match = run.match as NonNullable<RequestRun['match']>;
   info.used = true;
   info.stale = undefined;
   const { req } = run;
-  const rule = (run.match as NonNullable<RequestRun['match']>).rule.name;
+  const rule = match.rule.name;
   if (how === 'hit') rt.usage.lookup(rule, true);
   run.note(`affinity:${how} ch=${pin.channelId}${run.currentKeyIndex !== undefined && run.pinnedKey !== undefined ? ` key=${run.currentKeyIndex}` : ''}`);
-  if (cfg.on.affinityHit) callHook(cfg, 'affinityHit', { req, rule, channelId: pin.channelId, fingerprint: (run.match as NonNullable<RequestRun['match']>).fingerprint });
-  if (cfg.on.select) callHook(cfg, 'select', { req, channel: run.observedChannel(), group: checked.group, model: run.model, reason: 'affinity' });
-  return true;
+  if (cfg.on.affinityHit) callHook(cfg, 'affinityHit', { req, rule, channelId: pin.channelId, fingerprint: match.fingerprint });
+  if (cfg.on.select) callHook(cfg, 'select', { req, channel: run.observedChannel(), group, model: run.model, reason: 'affinity' });
 }
 
 function coalescing(rt: Runtime): boolean {
