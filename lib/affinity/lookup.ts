@@ -177,7 +177,7 @@ export function* reserveSession(rt: Runtime, run: RequestRun): Steps<void> {
     adopt(run, held, pin, cur.id);
     return;
   }
-  const before = { value: run.pinnedValue, id: run.pinnedId, key: run.pinnedKey, provisional: run.provisional, hit: info.hit, stale: info.stale };
+  const before = { value: run.pinnedValue, id: run.pinnedId, key: run.pinnedKey, provisional: run.provisional, hit: info.hit, stale: info.stale, keyIndex: info.keyIndex };
   info.hit = true;
   run.pinnedValue = held;
   if (yield* tryPin(rt, run, pin, 'coalesced')) return;
@@ -188,11 +188,12 @@ export function* reserveSession(rt: Runtime, run: RequestRun): Steps<void> {
   run.provisional = before.provisional;
   info.hit = before.hit;
   info.stale = before.stale;
+  info.keyIndex = before.keyIndex;
 }
 
 /**
- * Clears a stale pin whose clearing was left to the reservation (no channel was found to reserve):
- * compare-and-delete, not awaited.
+ * Clears a stale pin whose clearing was left to the reservation (no channel was found to reserve,
+ * so there is no reservation to replace it): compare-and-delete with the value read.
  */
 export function* releaseStalePin(rt: Runtime, run: RequestRun): Steps<void> {
   const { cfg } = rt;
