@@ -6,21 +6,11 @@ import request from 'supertest';
 import { ChannelRegistry, ChannelStatus, MemoryStore, type DistributorHooks, type Store } from '../lib';
 import { distributorMetrics, mergeHooks } from '../lib/entry/metrics';
 import { createApp } from './helpers/create-app';
+import { sample } from './helpers/prometheus';
 
 const rule = { name: 'sess', modelRegex: ['^gpt-'], keySources: [{ type: 'header' as const, key: 'x-session' }], includeRuleName: true };
 const tick = () => new Promise((r) => setTimeout(r, 5));
 
-/** The value of one sample line, e.g. `metric('x_total', { a: '1' })`; undefined when absent. */
-function sample(text: string, name: string, labels: Record<string, string> = {}): number | undefined {
-  const wanted = Object.entries(labels).map(([k, v]) => `${k}="${v}"`);
-  for (const line of text.split('\n')) {
-    const m = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
-    if (!m || m[1] !== name) continue;
-    const have = m[2] ? m[2].split(',') : [];
-    if (have.length === wanted.length && wanted.every((w) => have.includes(w))) return Number(m[3]);
-  }
-  return undefined;
-}
 
 const shutdowns: Array<() => Promise<void>> = [];
 afterAll(async () => {

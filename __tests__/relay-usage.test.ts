@@ -2,9 +2,10 @@
 // scanner relay() runs on streams as they pass (any chunk split, LF / CRLF / CR, hostile input).
 import { describe, expect, test } from '@jest/globals';
 import {
-  JsonUsageCollector, MAX_TOKEN_COUNT, SSE_USAGE_LINE_LIMIT, SseUsageScanner, isJsonContentType, mergeUsage, toUsageReport, tokenValue,
+  JsonUsageCollector, SSE_USAGE_LINE_LIMIT, SseUsageScanner, isJsonContentType, mergeUsage, toUsageReport,
   usageFromJsonText, usageOfJson,
 } from '../lib/relay/usage';
+import { MAX_TOKEN_COUNT, tokenValue } from '../lib/affinity/usage';
 
 const report = (v: unknown) => toUsageReport(usageOfJson(v));
 

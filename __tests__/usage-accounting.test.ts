@@ -12,6 +12,7 @@ import { distributorAdmin } from '../lib/entry/admin';
 import { distributorMetrics } from '../lib/entry/metrics';
 import { MODEL, ch, closeClient, ctx, gateway, mock, post, stopAll } from './helpers/relay-kit';
 import { memoryLogger } from './helpers/create-app';
+import { sample } from './helpers/prometheus';
 
 afterEach(() => stopAll());
 afterAll(() => closeClient());
@@ -25,17 +26,6 @@ const sessRule = (extra: Partial<AffinityRule> = {}): AffinityRule => ({
 const responsesBody = (session: string, extra: Record<string, unknown> = {}) => ({ model: MODEL, input: 'Summarise the history of the printing press in detail.', prompt_cache_key: session, ...extra });
 const chatBody = (session: string, extra: Record<string, unknown> = {}) => ({ model: MODEL, messages: [{ role: 'user', content: 'Hello there, general.' }], prompt_cache_key: session, ...extra });
 
-/** The value of one sample line of a Prometheus text exposition (labels in any order). */
-function sample(text: string, name: string, labels: Record<string, string>): number | undefined {
-  const wanted = Object.entries(labels).map(([k, v]) => `${k}="${v}"`);
-  for (const line of text.split('\n')) {
-    const m = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
-    if (!m || m[1] !== name) continue;
-    const have = m[2] ? m[2].split(',') : [];
-    if (have.length === wanted.length && wanted.every((w) => have.includes(w))) return Number(m[3]);
-  }
-  return undefined;
-}
 
 /** A raw upstream: answers every request with `answer(body)` (status, content-type, payload pieces). */
 async function rawUpstream(answer: (body: string, req: http.IncomingMessage) => { status?: number; type: string; pieces: Array<string | Buffer> }) {

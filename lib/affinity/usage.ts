@@ -39,12 +39,17 @@ export interface AffinityRuleReport {
 
 const emptyTokens = (): Tokens => ({ reports: 0, input: 0, cached: 0, output: 0, cacheWrite: 0 });
 
-/** Above this a count is not a real answer's (the relay's parser uses the same bound). */
-const MAX_TOKENS = 1e9;
+/** Above this a count is not a real answer's (reports and the relay's parser share the bound). */
+export const MAX_TOKEN_COUNT = 1e9;
 
-/** A token count from a report: a finite number from 0 to 1e9, else 0 (garbage never counts). */
-export function tokenCount(v: unknown): number {
-  return typeof v === 'number' && Number.isFinite(v) && v >= 0 && v <= MAX_TOKENS ? Math.floor(v) : 0;
+/** A usable token count: a finite number from 0 to 1e9 (floored), else undefined. */
+export function tokenValue(v: unknown): number | undefined {
+  return typeof v === 'number' && Number.isFinite(v) && v >= 0 && v <= MAX_TOKEN_COUNT ? Math.floor(v) : undefined;
+}
+
+/** A token count from a report: a usable count, else 0 (garbage never counts). */
+function tokenCount(v: unknown): number {
+  return tokenValue(v) ?? 0;
 }
 
 /** The usage as numbers only (every field a count >= 0; absent fields stay absent). */

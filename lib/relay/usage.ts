@@ -19,10 +19,9 @@
 // so `cachedTokens / inputTokens` is the cached share for every provider. A count is used only
 // when it is a finite number in [0, MAX_TOKEN_COUNT] (floored); anything else (strings, NaN,
 // negatives, 1e308) is ignored. cachedTokens never exceeds inputTokens.
+import { MAX_TOKEN_COUNT, tokenValue } from '../affinity/usage';
 import type { UsageReport } from '../types';
 
-/** The largest token count believed from an upstream answer (larger values are ignored). */
-export const MAX_TOKEN_COUNT = 1e9;
 /** Longest SSE line or event data the scanner keeps (bytes); longer events are skipped. Default. */
 export const SSE_USAGE_LINE_LIMIT = 64 * 1024;
 /** Largest JSON body parsed for its usage (bytes). Default. */
@@ -38,10 +37,6 @@ export interface RawUsage {
   inputExcludesCache?: boolean;
 }
 
-/** A usable token count, or undefined. */
-export function tokenValue(v: unknown): number | undefined {
-  return typeof v === 'number' && Number.isFinite(v) && v >= 0 && v <= MAX_TOKEN_COUNT ? Math.floor(v) : undefined;
-}
 
 function obj(v: unknown): Record<string, unknown> | undefined {
   return v !== null && typeof v === 'object' && !Array.isArray(v) ? (v as Record<string, unknown>) : undefined;
