@@ -25,7 +25,7 @@ import { selectWithFallback } from '../selection/fallback';
 import { retryGroups, retryStartTier } from '../selection/next';
 import { driveToPromise, type Steps } from '../steps';
 import { TRACE_HEADER, traceHeaderValue } from '../trace';
-import { ChannelStatus, type AffinityInfo, type Channel, type RequestContext, type RetryFailure, type StopReason, type UsageReport } from '../types';
+import { ChannelStatus, type Channel, type RequestContext, type RetryFailure, type StopReason, type UsageReport } from '../types';
 import { DistributionRecord, type RunHandle } from './distribution';
 
 function clientGoneReason(): Error {
@@ -100,10 +100,6 @@ export class RequestRun implements RunHandle {
 
   get group(): string {
     return this.d.group;
-  }
-
-  get affinity(): AffinityInfo | undefined {
-    return this.d.affinity;
   }
 
   /** Aborted when the client goes before the response finished; created on first use. */
