@@ -33,8 +33,39 @@ export interface ChannelInput {
   multiKeyMode?: 'random' | 'polling';
   /** May health rules auto-disable this channel? Default true. */
   autoBan?: boolean;
+  /**
+   * The upstream protocol, which sets how `relay()` authenticates: `'openai'` (default,
+   * `authorization: Bearer <key>`), `'azure'` (`api-key`, deployment paths), `'anthropic'`
+   * (`x-api-key` plus `anthropic-version`), `'gemini'` (`x-goog-api-key`).
+   */
+  type?: ChannelType;
+  /** Azure channels: the `api-version` query parameter. Default `'2024-10-21'`. */
+  apiVersion?: string;
+  /**
+   * Requested model -> upstream model (an object, or the reference's `model_mapping` JSON string).
+   * `relay()` sends the mapped name; selection and pins use the requested one.
+   */
+  modelMapping?: Record<string, string> | string;
+  /**
+   * Limits per key (a one-key channel: the channel), counted in the store (RedisStore: shared by
+   * every instance). A key at a limit is not used; a channel with no key under its limits is skipped.
+   */
+  limits?: ChannelLimits;
   /** Any other field is kept and passed through to `res.locals.channel`. */
   [extra: string]: unknown;
+}
+
+/** How `relay()` talks to a channel's upstream (API.md 11.5). */
+export type ChannelType = 'openai' | 'azure' | 'anthropic' | 'gemini';
+
+/** Per-key limits of a channel (API.md 11.4). Every field is off unless given. */
+export interface ChannelLimits {
+  /** Requests per key in any 60 s window. */
+  rpm?: number;
+  /** Tokens per key in any 60 s window (reported usage; body bytes / 4 until the report arrives). */
+  tpm?: number;
+  /** Requests in flight per key. */
+  maxConcurrency?: number;
 }
 
 /**
@@ -54,6 +85,13 @@ export interface Channel {
   readonly keyIndex?: number;
   readonly multiKeyMode: 'random' | 'polling';
   readonly autoBan: boolean;
+  /** `'openai'` unless the channel says otherwise. */
+  readonly type: ChannelType;
+  /** Azure channels: the `api-version` given (relay() defaults it to 2024-10-21). */
+  readonly apiVersion?: string;
+  /** Requested model -> upstream model, parsed (a JSON string becomes an object). */
+  readonly modelMapping?: Readonly<Record<string, string>>;
+  readonly limits?: Readonly<ChannelLimits>;
   readonly [extra: string]: unknown;
 }
 

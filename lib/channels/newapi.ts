@@ -1,7 +1,7 @@
 // Converts new-api / one-api channel rows (snake_case, as in its `channels` table or admin API)
 // into ChannelInput, so a migrating team loads its rows unchanged.
 import { DistributorError } from '../errors';
-import type { ChannelInput, ChannelStatus } from '../types';
+import type { ChannelInput, ChannelStatus, ChannelType } from '../types';
 
 /** A channel row as new-api stores it. Unknown fields are passed through. */
 export interface NewApiChannelRow {
@@ -25,6 +25,9 @@ export interface NewApiChannelRow {
   [extra: string]: unknown;
 }
 
+/** new-api channel type numbers with a native relay here (API.md 11.5); others relay as OpenAI. */
+const NEW_API_TYPES: Partial<Record<number, ChannelType>> = { 1: 'openai', 3: 'azure', 14: 'anthropic', 24: 'gemini' };
+
 function splitKeys(key: string): string[] {
   const t = key.trim();
   if (t.startsWith('[')) {
@@ -46,7 +49,7 @@ function splitKeys(key: string): string[] {
 export function channelFromNewApi(row: NewApiChannelRow): ChannelInput {
   if (!row || typeof row !== 'object') throw new DistributorError('ERR_DIST_INVALID_CHANNEL', 'Invalid channel row: not an object');
   const {
-    id, name, key, status, weight, priority, group, models, base_url: baseUrl, auto_ban: autoBan, channel_info: rawInfo, ...rest
+    id, name, type: newApiType, key, status, weight, priority, group, models, base_url: baseUrl, auto_ban: autoBan, channel_info: rawInfo, ...rest
   } = row;
   let info = rawInfo;
   if (typeof info === 'string') {
@@ -63,6 +66,8 @@ export function channelFromNewApi(row: NewApiChannelRow): ChannelInput {
   if (priority !== undefined && priority !== null) out.priority = priority;
   if (group !== undefined) out.group = group;
   if (baseUrl) out.baseUrl = baseUrl;
+  const type = newApiType === undefined ? undefined : NEW_API_TYPES[newApiType];
+  if (type) out.type = type;
   out.autoBan = autoBan === undefined || autoBan === null ? true : autoBan === 1;
   if (typeof key === 'string' && key !== '') {
     const multi = info && typeof info === 'object' && info.is_multi_key;

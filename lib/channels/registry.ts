@@ -1,7 +1,7 @@
 // ChannelRegistry: validated channels and the group -> model -> priority-tier index,
 // rebuilt once per change (never per request).
 import { DistributorError } from '../errors';
-import { ChannelStatus, type Channel, type ChannelInput } from '../types';
+import { ChannelStatus, type Channel, type ChannelInput, type ChannelLimits, type ChannelType } from '../types';
 
 /** A validated channel as the registry keeps it. Treat as read-only. */
 export interface RegisteredChannel {
@@ -16,6 +16,13 @@ export interface RegisteredChannel {
   readonly disabledKeys: ReadonlySet<number>;
   readonly multiKeyMode: 'random' | 'polling';
   readonly autoBan: boolean;
+  readonly type: ChannelType;
+  /** Azure `api-version` (only when given). */
+  readonly apiVersion?: string;
+  /** Requested model -> upstream model; undefined when the channel maps nothing. */
+  readonly modelMapping?: Readonly<Record<string, string>>;
+  /** Validated limits; undefined when the channel has none. */
+  readonly limits?: Readonly<ChannelLimits>;
   /** @internal `models` as a set, for channels with many models (affinity checks a pin with it). */
   readonly modelSet?: ReadonlySet<string>;
   /** The frozen `res.locals.channel` view without a chosen key. */
@@ -51,8 +58,52 @@ export type RegistryChange =
 
 const KNOWN_FIELDS = new Set([
   'id', 'name', 'status', 'group', 'models', 'priority', 'weight', 'baseUrl', 'key',
-  'disabledKeys', 'multiKeyMode', 'autoBan',
+  'disabledKeys', 'multiKeyMode', 'autoBan', 'type', 'apiVersion', 'modelMapping', 'limits',
 ]);
+
+const CHANNEL_TYPES: readonly ChannelType[] = ['openai', 'azure', 'anthropic', 'gemini'];
+
+/**
+ * `modelMapping` as a frozen null-prototype object (so `__proto__` or `constructor` map nothing by
+ * accident), from an object or the reference's JSON string; undefined when it maps nothing.
+ * Throws a message for anything else.
+ */
+export function parseModelMapping(raw: unknown): Readonly<Record<string, string>> | undefined | string {
+  if (raw === undefined || raw === null || raw === '') return undefined;
+  let obj: unknown = raw;
+  if (typeof raw === 'string') {
+    try {
+      obj = JSON.parse(raw);
+    } catch {
+      return 'modelMapping is not valid JSON';
+    }
+  }
+  if (!obj || typeof obj !== 'object' || Array.isArray(obj)) return 'modelMapping must be an object of model names';
+  const out: Record<string, string> = Object.create(null) as Record<string, string>;
+  let n = 0;
+  for (const [from, to] of Object.entries(obj as Record<string, unknown>)) {
+    if (typeof to !== 'string') return `modelMapping.${from} must be a string`;
+    if (from === '' || to === '') continue;
+    out[from] = to;
+    n++;
+  }
+  return n === 0 ? undefined : Object.freeze(out);
+}
+
+function checkLimits(input: ChannelInput): Readonly<ChannelLimits> | undefined {
+  const raw = input.limits;
+  if (raw === undefined || raw === null) return undefined;
+  if (typeof raw !== 'object' || Array.isArray(raw)) throw invalid(input, 'limits must be an object { rpm?, tpm?, maxConcurrency? }');
+  const out: ChannelLimits = {};
+  for (const k of Object.keys(raw)) {
+    if (k !== 'rpm' && k !== 'tpm' && k !== 'maxConcurrency') throw invalid(input, `limits.${k} is not a known limit (rpm, tpm, maxConcurrency)`);
+    const v = (raw as Record<string, unknown>)[k];
+    if (v === undefined) continue;
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < 1 || v > 1e9) throw invalid(input, `limits.${k} must be an integer from 1 to 1e9`);
+    out[k] = v;
+  }
+  return Object.keys(out).length ? Object.freeze(out) : undefined;
+}
 
 function invalid(input: unknown, why: string): DistributorError {
   const id = input && typeof input === 'object' && 'id' in input ? String((input as { id: unknown }).id) : '?';
@@ -92,8 +143,12 @@ function buildView(ch: Omit<RegisteredChannel, 'view'>): Channel {
     weight: ch.weight,
     multiKeyMode: ch.multiKeyMode,
     autoBan: ch.autoBan,
+    type: ch.type,
   };
   if (typeof ch.input.baseUrl === 'string') view.baseUrl = ch.input.baseUrl;
+  if (ch.apiVersion !== undefined) view.apiVersion = ch.apiVersion;
+  if (ch.modelMapping !== undefined) view.modelMapping = ch.modelMapping;
+  if (ch.limits !== undefined) view.limits = ch.limits;
   return Object.freeze(view) as Channel;
 }
 
@@ -122,6 +177,14 @@ export function normalizeChannel(input: ChannelInput): RegisteredChannel {
   if (multiKeyMode !== 'random' && multiKeyMode !== 'polling') throw invalid(input, "multiKeyMode must be 'random' or 'polling'");
   if (input.name !== undefined && typeof input.name !== 'string') throw invalid(input, 'name must be a string');
   if (input.baseUrl !== undefined && typeof input.baseUrl !== 'string') throw invalid(input, 'baseUrl must be a string');
+  const type = input.type ?? 'openai';
+  if (!CHANNEL_TYPES.includes(type)) throw invalid(input, `type must be one of ${CHANNEL_TYPES.join(', ')}`);
+  if (input.apiVersion !== undefined && (typeof input.apiVersion !== 'string' || !/^[A-Za-z0-9._-]{1,40}$/.test(input.apiVersion))) {
+    throw invalid(input, 'apiVersion must be a short version string such as 2024-10-21');
+  }
+  const modelMapping = parseModelMapping(input.modelMapping);
+  if (typeof modelMapping === 'string') throw invalid(input, modelMapping);
+  const limits = checkLimits(input);
   const base = {
     id,
     name: input.name ?? `channel-${id}`,
@@ -134,6 +197,10 @@ export function normalizeChannel(input: ChannelInput): RegisteredChannel {
     disabledKeys: new Set(disabled),
     multiKeyMode,
     autoBan: input.autoBan ?? true,
+    type,
+    apiVersion: input.apiVersion,
+    modelMapping,
+    limits,
     input: Object.freeze({ ...input }),
     modelSet: models.length > 8 ? new Set(models) : undefined,
     keyViews: undefined,
