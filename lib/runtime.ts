@@ -6,6 +6,7 @@ import type { Config } from './options';
 import { UsageBook } from './affinity/usage';
 import type { Validations } from './validations';
 import { StoreGuard } from './store-guard';
+import { LatencyBook } from './selection/latency';
 
 export interface Runtime {
   cfg: Config;
@@ -18,6 +19,8 @@ export interface Runtime {
   debug: boolean;
   /** Per-rule lookups, hits and cached-token ratios (`affinityReport()`). */
   usage: UsageBook;
+  /** Per channel and model latency averages (`lowest-latency`). */
+  latency: LatencyBook;
 }
 
 export function createRuntime(cfg: Config, warn: Validations['warn']): Runtime {
@@ -30,5 +33,5 @@ export function createRuntime(cfg: Config, warn: Validations['warn']): Runtime {
     (typeof logger.isDebugEnabled === 'function' ? logger.isDebugEnabled() : logger.level === undefined || logger.level === 'debug' || logger.level === 'silly');
   const usage = new UsageBook((rule, ratio, reports) => warn('affinityNoValue', rule.name,
     `affinity rule "${rule.name}": pinned requests cached ${(ratio * 100).toFixed(1)} % of their input tokens over ${reports} usage reports, below minCachedRatio ${rule.minCachedRatio}; the upstream does not keep a prompt cache for these sessions, so the pins concentrate load for nothing`));
-  return { cfg, registry: cfg.registry, health, keys: new KeyPicker(cfg.random), guard, counters: { active: 0, retrying: 0 }, debug, usage };
+  return { cfg, registry: cfg.registry, health, keys: new KeyPicker(cfg.random), guard, counters: { active: 0, retrying: 0 }, debug, usage, latency: new LatencyBook(50) };
 }

@@ -292,6 +292,12 @@ export interface Distribution {
    */
   reportUsage(usage: UsageReport): void;
   /**
+   * Reports how long the current channel took for this request (`selection.strategy:
+   * 'lowest-latency'` learns from it): time to first byte for a stream (`firstByte: true`), total
+   * time otherwise. `relay()` does it itself. Values outside 0..10 min are ignored.
+   */
+  reportLatency(ms: number, opts?: { firstByte?: boolean }): void;
+  /**
    * Aborted when the client's connection closes before the response finished (also when it
    * closed while the distributor was still reading the body or the store). `relay()` checks it
    * before every upstream call and aborts the upstream request when it fires; pass it to your

@@ -10,6 +10,7 @@ import type { AffinityInfo, Attempt, Channel, Distribution, RetryFailure, StopRe
 export interface RunHandle {
   retry(failure: RetryFailure): Promise<Channel | null>;
   reportUsage(usage: UsageReport): void;
+  reportLatency(ms: number, firstByte: boolean): void;
   fail(failure: RetryFailure): Promise<void>;
   signal(): AbortSignal;
   callerSecrets(): string[];
@@ -17,7 +18,7 @@ export interface RunHandle {
 
 const RUN: unique symbol = Symbol('express-channel-distributor.run');
 
-type PublicFields = Omit<Distribution, 'retry' | 'fail' | 'signal' | 'reportUsage'>;
+type PublicFields = Omit<Distribution, 'retry' | 'fail' | 'signal' | 'reportUsage' | 'reportLatency'>;
 
 export class DistributionRecord implements Distribution {
   selected = false;
@@ -57,6 +58,11 @@ export class DistributionRecord implements Distribution {
   /** Reports the token usage of the answer that served (relay() does it itself). */
   reportUsage(usage: UsageReport): void {
     this[RUN].reportUsage(usage);
+  }
+
+  /** Reports the current channel's latency for this request (relay() does it itself). */
+  reportLatency(ms: number, opts?: { firstByte?: boolean }): void {
+    this[RUN].reportLatency(ms, opts?.firstByte === true);
   }
 
   /** Aborted when the client leaves before the response finished (created on first use). */

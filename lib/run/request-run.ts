@@ -56,6 +56,7 @@ export class RequestRun implements RunHandle {
   /** The channel of a stale pin whose clearing (and report) waits for the reservation. */
   stalePin?: number;
   private usageReported = false;
+  private latencyReported = false;
   /** The pinned channel failed with a retryable status. */
   pinFailed = false;
   /** The channel the request holds now. */
@@ -334,6 +335,14 @@ export class RequestRun implements RunHandle {
     this.rt.usage.usage(this.match?.rule, label, usage);
     const { cfg } = this.rt;
     if (cfg.on.usage) callHook(cfg, 'usage', { req: this.req, channelId: cur.id, keyIndex: this.currentKeyIndex, rule: info?.rule, affinity: label, usage });
+  }
+
+  /** The relay's latency report for the current channel (`lowest-latency` learns from it). */
+  reportLatency(ms: number, firstByte: boolean): void {
+    const cur = this.current;
+    if (!cur || this.latencyReported || !(ms >= 0 && ms <= 600_000)) return;
+    this.latencyReported = true;
+    this.rt.latency.record(cur.id, this.d.model, ms, firstByte);
   }
 
   // ---- the response is done -----------------------------------------------------------------

@@ -1,0 +1,49 @@
+// Per channel and model latency, as `selection.strategy: 'lowest-latency'` reads it: an
+// exponentially weighted average of what relays report (time to first byte for streams, total
+// time otherwise). Per instance; bounded by the registry's (channel, model) pairs, since only the
+// channel that served a request's model reports.
+
+export interface LatencyStat {
+  /** The weighted average, ms. */
+  avg: number;
+  /** Samples seen (capped; only compared with `minSamples`). */
+  n: number;
+}
+
+export class LatencyBook {
+  /** model -> channel id -> stat (one string lookup per pick, then id lookups). */
+  private byModel = new Map<string, Map<number, LatencyStat>>();
+  private readonly alpha: number;
+
+  /** `halfLife`: after this many samples an old sample weighs half. */
+  constructor(halfLife: number) {
+    this.alpha = 1 - Math.pow(0.5, 1 / halfLife);
+  }
+
+  record(channelId: number, model: string, ms: number, _firstByte: boolean): void {
+    let m = this.byModel.get(model);
+    if (!m) this.byModel.set(model, (m = new Map()));
+    const s = m.get(channelId);
+    if (!s) {
+      m.set(channelId, { avg: ms, n: 1 });
+      return;
+    }
+    s.avg += this.alpha * (ms - s.avg);
+    if (s.n < 1_000_000) s.n++;
+  }
+
+  /** The stats of one model (undefined: no channel reported for it yet). */
+  ofModel(model: string): ReadonlyMap<number, LatencyStat> | undefined {
+    return this.byModel.get(model);
+  }
+
+  /** One channel's stat for a model. */
+  stat(channelId: number, model: string): LatencyStat | undefined {
+    return this.byModel.get(model)?.get(channelId);
+  }
+
+  /** Forgets a channel (removed from the registry). */
+  forget(channelId: number): void {
+    for (const m of this.byModel.values()) m.delete(channelId);
+  }
+}
