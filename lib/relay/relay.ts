@@ -1,5 +1,5 @@
 // relay(): an optional Express handler that forwards a request to `res.locals.channel` (an
-// OpenAI-compatible upstream) with undici, streams the answer back, and asks the distributor for
+// OpenAI-compatible, Azure, Anthropic or Gemini upstream by `channel.type`, see ./protocol.ts) with undici, streams the answer back, and asks the distributor for
 // another channel (`res.locals.distribution.retry()`) when an attempt fails before the first byte
 // reached the client. After that commit point a failure ends the response visibly: an SSE `error`
 // event for event streams, an aborted response otherwise; never a clean-looking success.
@@ -20,6 +20,7 @@ import { compileForwardHeaders, forwardRequestHeaders, forwardResponseHeaders, w
 import { parseRetryAfter } from './retry-after';
 import { positiveNumber } from '../check';
 import { refusedTarget, unsafePath, upstreamBase, upstreamPath, withoutKeyParam, type UpstreamBase } from './target';
+import { azurePath, channelHeaders, mapGeminiPath, mapJsonModel, mappedModel, takeCallerCredentials } from './protocol';
 import { JSON_USAGE_BODY_LIMIT, JsonUsageCollector, SseUsageScanner, isJsonContentType } from './usage';
 import type { UsageReport } from '../types';
 
@@ -77,6 +78,13 @@ export interface RelayOptions {
    * checked the same way (a `../` in it is refused with 400 `invalid_path`), so the upstream
    * path always starts with the channel's base path. With a channel key, the caller's `key` query
    * parameter is removed from either (other query parameters stay byte-identical).
+   *
+   * The default rule also speaks the channel's protocol: an `azure` channel gets
+   * `/openai/deployments/<model>/<rest>?api-version=<apiVersion, default 2024-10-21>` (`<rest>`
+   * is the path after `/v1/`; the caller's `api-version` is replaced), and a channel whose
+   * `modelMapping` maps the requested model gets the mapped name in a Gemini path's model segment
+   * (`/v1beta/models/{model}:generateContent`). A custom rule gets neither: it builds the path
+   * itself from the channel it receives.
    */
   path?: (req: Request, channel: Channel) => string;
   /**
@@ -96,7 +104,11 @@ export interface RelayOptions {
    * upstream); runs after the defaults are built, so it may add anything. Receives a copy it may
    * mutate, or returns a replacement. Default headers: the allowlisted caller headers (see
    * `forwardHeaders`), `content-encoding` only with the caller's unchanged body bytes, plus
-   * `authorization: Bearer <channel.key>` when the channel has a key.
+   * the channel key in the header of its `type` when it has one: `authorization: Bearer <key>`
+   * (openai), `api-key` (azure), `x-api-key` (anthropic, with `anthropic-version`: the caller's,
+   * else 2023-06-01), `x-goog-api-key` (gemini). With a channel key, none of the caller's
+   * credential headers (`authorization`, `x-api-key`, `api-key`, `x-goog-api-key`) goes
+   * upstream, even when named in `forwardHeaders`.
    */
   headers?: (headers: RelayHeaders, ctx: { req: Request; channel: Channel; attempt: number }) => RelayHeaders | void;
   /**
@@ -163,6 +175,13 @@ interface OutBody {
    * only then does the caller's `content-encoding` still describe them.
    */
   verbatim?: boolean;
+  /**
+   * What a model mapping rewrites (a JSON body): its bytes (only the top-level `model` value
+   * changes) or the object that is re-serialised anyway. Absent: the body is never mapped.
+   */
+  remap?: { bytes: Buffer } | { object: Record<string, unknown> };
+  /** The bodies built for mapped model names, once per request. */
+  mapped?: Map<string, OutBody>;
 }
 
 interface RunState {
@@ -176,6 +195,10 @@ interface RunState {
   secrets?: string[];
   /** The answer's usage was reported (once per request). */
   usageReported?: boolean;
+  /** The requested model (`distribution.model`): what a channel's `modelMapping` is looked up by. */
+  requested: string;
+  /** The caller's credential headers taken out of the forwarded ones (named in `forwardHeaders`). */
+  callerCredentials?: RelayHeaders;
 }
 
 const SSE_HOLD_LIMIT = 1 << 20;
@@ -209,20 +232,29 @@ function outgoingBody(req: Request, headers: RelayHeaders): OutBody {
   return out;
 }
 
+/** True for a body whose bytes are JSON as they are (no content-encoding other than identity). */
+function plainJson(req: Request): boolean {
+  if (bodyKind(req.headers['content-type']) !== 'json') return false;
+  const ce = req.headers['content-encoding'];
+  return ce === undefined || ce.trim().toLowerCase() === 'identity';
+}
+
 function bodyToSend(req: Request, headers: RelayHeaders): OutBody {
   const raw = req.rawBody;
   const body: unknown = req.body;
-  if (raw && (body === undefined || parsedFromRaw.get(raw) === body)) return { data: raw, verbatim: true };
+  if (raw && (body === undefined || parsedFromRaw.get(raw) === body)) {
+    return plainJson(req) ? { data: raw, verbatim: true, remap: { bytes: raw } } : { data: raw, verbatim: true };
+  }
   if (body !== undefined && body !== null) {
-    if (Buffer.isBuffer(body)) return { data: body };
-    if (typeof body === 'string') return { data: body };
+    if (Buffer.isBuffer(body)) return bodyKind(req.headers['content-type']) === 'json' ? { data: body, remap: { bytes: body } } : { data: body };
+    if (typeof body === 'string') return bodyKind(req.headers['content-type']) === 'json' ? { data: body, remap: { bytes: Buffer.from(body) } } : { data: body };
     if (typeof body === 'object') {
       if (!hasBody(req) && Object.keys(body).length === 0) return {};
       if (bodyKind(req.headers['content-type']) === 'form') {
         return { data: new URLSearchParams(body as Record<string, string>).toString() };
       }
       if (bodyKind(req.headers['content-type']) !== 'json') headers['content-type'] = 'application/json';
-      return { data: JSON.stringify(body) };
+      return { data: JSON.stringify(body), remap: Array.isArray(body) ? undefined : { object: body as Record<string, unknown> } };
     }
   }
   if (hasBody(req) && !req.readableEnded && (req as { _body?: boolean })._body !== true) {
@@ -231,6 +263,29 @@ function bodyToSend(req: Request, headers: RelayHeaders): OutBody {
     return { stream: req, verbatim: true };
   }
   return {};
+}
+
+/**
+ * The body for an attempt on `channel`: the request's, or (when the channel maps the requested
+ * model and the body is JSON naming it at the top level) a copy with the mapped name as `model`.
+ * Only the bytes of that value change; an unmapped request keeps its exact bytes.
+ */
+function bodyFor(out: OutBody, channel: Channel, requested: string): OutBody {
+  const remap = out.remap;
+  if (!remap) return out;
+  const mapped = mappedModel(channel, requested);
+  if (mapped === undefined) return out;
+  const hit = out.mapped?.get(mapped);
+  if (hit) return hit;
+  let result: OutBody = out;
+  if ('bytes' in remap) {
+    const b = mapJsonModel(remap.bytes, requested, mapped);
+    if (b) result = { data: b };
+  } else if (remap.object.model === requested) {
+    result = { data: JSON.stringify({ ...remap.object, model: mapped }) };
+  }
+  (out.mapped ??= new Map()).set(mapped, result);
+  return result;
 }
 
 function errorCode(e: unknown): string | undefined {
@@ -479,14 +534,23 @@ const INVALID_PATH = 'Invalid request path: dot segments, a leading "//" and abs
  * `path` result is checked here. Either way the result starts with the base path, and the
  * caller's `key` query parameter is removed when the channel has a key.
  */
-function targetPath(req: Request, o: Resolved, base: UpstreamBase, channel: Channel): string | undefined {
+function targetPath(req: Request, o: Resolved, base: UpstreamBase, channel: Channel, requested: string): string | undefined {
   let path: string;
   if (o.path) {
     const p = o.path(req, channel);
     path = base.basePath + (p.charCodeAt(0) === 0x2f ? p : `/${p}`);
     if (unsafePath(path)) return undefined;
   } else {
-    path = upstreamPath(base, req.originalUrl ?? req.url);
+    const incoming = req.originalUrl ?? req.url;
+    const mapped = channel.modelMapping ? mappedModel(channel, requested) : undefined;
+    if (channel.type === 'azure') {
+      // the (mapped) model names the deployment: checked like any path (a model `..` is refused)
+      path = azurePath(base.basePath, incoming, mapped ?? requested, channel.apiVersion, Boolean(channel.key));
+      return unsafePath(path) ? undefined : path;
+    }
+    const src = mapped === undefined ? incoming : mapGeminiPath(incoming, requested, mapped);
+    path = upstreamPath(base, src);
+    if (src !== incoming && unsafePath(path)) return undefined;
   }
   return channel.key ? withoutKeyParam(path) : path;
 }
@@ -496,14 +560,13 @@ function targetPath(req: Request, o: Resolved, base: UpstreamBase, channel: Chan
 async function attemptOnce(req: Request, res: Response, o: Resolved, st: RunState, channel: Channel, baseHeaders: RelayHeaders, out: OutBody, attempt: number): Promise<Failure | null> {
   const base = upstreamBase(channel);
   if (typeof base === 'string') return { code: 'upstream_connection_error', message: base, committed: false };
-  if (channel.key) baseHeaders.authorization = `Bearer ${channel.key}`;
-  else delete baseHeaders.authorization;
-  let headers = baseHeaders;
+  let headers = channelHeaders(baseHeaders, channel, st.callerCredentials);
   if (o.headers) {
-    headers = { ...baseHeaders };
+    headers = { ...headers };
     headers = o.headers(headers, { req, channel, attempt }) ?? headers;
   }
-  const path = targetPath(req, o, base, channel);
+  const path = targetPath(req, o, base, channel, st.requested);
+  const body = bodyFor(out, channel, st.requested);
   if (path === undefined) return { refused: true, status: 400, code: 'invalid_path', message: INVALID_PATH, committed: false };
   // the client may have gone while retry() waited, or before relay() started
   if (st.clientGone || res.closed) return null;
@@ -514,7 +577,7 @@ async function attemptOnce(req: Request, res: Response, o: Resolved, st: RunStat
       path,
       method: req.method as Dispatcher.HttpMethod,
       headers,
-      body: out.stream ?? out.data ?? null,
+      body: body.stream ?? body.data ?? null,
       signal: st.signal,
       headersTimeout: o.timeoutMs,
       bodyTimeout: o.bodyTimeoutMs,
@@ -595,7 +658,7 @@ async function relayRequest(req: Request, res: Response, o: Resolved): Promise<v
     sendInvalidPath(res);
     return;
   }
-  const st: RunState = { clientGone: false, signal: new EventEmitter() };
+  const st: RunState = { clientGone: false, signal: new EventEmitter(), requested: typeof dist.model === 'string' ? dist.model : '' };
   // One listener per request, on the response (an EventEmitter, cheap): when the client goes
   // before the response finished, the attempt in flight is aborted: undici rejects a pending
   // request and destroys a response body, also one paused while waiting for 'drain'.
@@ -607,6 +670,8 @@ async function relayRequest(req: Request, res: Response, o: Resolved): Promise<v
   };
   res.once('close', onClose);
   const baseHeaders = forwardRequestHeaders(req.headers, o.allow);
+  // the caller's own credentials (only there when named in forwardHeaders) never go with a channel key
+  st.callerCredentials = takeCallerCredentials(baseHeaders);
   const out = outgoingBody(req, baseHeaders);
   for (let attempt = 1; ; attempt++) {
     const f = await attemptOnce(req, res, o, st, channel, baseHeaders, out, attempt);
