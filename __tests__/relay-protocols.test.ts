@@ -8,7 +8,8 @@ import express, { type RequestHandler } from 'express';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import request from 'supertest';
-import { distributor, type ChannelInput, type ChannelType, type DistributorHandler, type RequestContext } from '../lib';
+import { distributor, type ChannelInput, type DistributorHandler, type RequestContext } from '../lib';
+import type { ChannelType } from '../lib/types';
 import { relay, type RelayHandler, type RelayOptions } from '../lib/entry/relay';
 import { memoryLogger } from './helpers/create-app';
 

@@ -20,7 +20,7 @@ export { DistributorError, errorBody } from './errors';
 export { affinityFromNewApi, defaultAffinityRules } from './affinity/rules';
 export type { NewApiAffinitySetting } from './affinity/rules';
 export { channelsFromNewApi } from './channels/newapi';
-export type { NewApiChannelRow } from './channels/newapi';
+export type { NewApiChannelRow, NewApiImportOptions } from './channels/newapi';
 export { ChannelStatus } from './types';
 export type {
   ChannelInput, Channel, RequestContext, KeySource, AffinityRule, AffinityOptions, RetryOptions, HealthOptions, Logger,

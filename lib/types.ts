@@ -339,7 +339,11 @@ export type ValidationName =
   | 'emptyChannels'
   | 'ruleNeverMatches'
   | 'unsafeRegex'
-  | 'affinityNoValue';
+  | 'affinityNoValue'
+  /** `channelsFromNewApi()`: a channel type number without a native relay (imported as `'openai'`). */
+  | 'channelType'
+  /** `channelsFromNewApi()`: a `model_mapping` or Azure `other` (api version) that cannot be imported (dropped). */
+  | 'channelField';
 
 /** A channel's health as this instance sees it (`handler.health(id)`, the admin helpers). */
 export interface ChannelHealth {

@@ -5,7 +5,7 @@ import cluster from 'node:cluster';
 import type { ChannelRegistry } from './channels/registry';
 import { KNOWN_OPTIONS, type Config, type DistributorOptions } from './options';
 import type { Store } from './stores/store';
-import type { AffinityOptions, AffinityRule, HealthOptions, RetryOptions, ValidationName } from './types';
+import type { AffinityOptions, AffinityRule, HealthOptions, Logger, RetryOptions, ValidationName } from './types';
 import { ChannelStatus } from './types';
 
 /**
@@ -24,6 +24,8 @@ export const VALIDATION_CODES = {
   ruleNeverMatches: 'WRN_DIST_RULE_NEVER_MATCHES',
   unsafeRegex: 'WRN_DIST_UNSAFE_REGEX',
   affinityNoValue: 'WRN_DIST_AFFINITY_NO_VALUE',
+  channelType: 'WRN_DIST_CHANNEL_TYPE',
+  channelField: 'WRN_DIST_CHANNEL_FIELD',
 } as const satisfies { [K in ValidationName]: `${'WRN' | 'ERR'}_DIST_${string}` };
 
 export type ValidationCode = (typeof VALIDATION_CODES)[ValidationName];
@@ -49,6 +51,23 @@ const done = new Set<string>();
 
 /** Stores used by live distributors, with the registry each one routes (for `sharedStore`). */
 const storeUsers = new WeakMap<Store, Map<ChannelRegistry, number>>();
+
+/**
+ * Logs a finding found outside a distributor (the new-api import, `channelsFromNewApi()`) once per
+ * process, name and subject, with its code; a throwing logger is ignored.
+ */
+export function warnOnce(logger: Logger, name: ValidationName, subject: string, message: string): void {
+  const id = `${name}\u0000${subject}`;
+  if (done.has(id)) return;
+  done.add(id);
+  const code = VALIDATION_CODES[name];
+  try {
+    const log = code.startsWith('ERR_') ? logger.error : logger.warn;
+    log.call(logger, `${code}: ${message}`, { code, validation: name });
+  } catch {
+    /* a logger failure never breaks an import */
+  }
+}
 
 /** @internal Forgets which checks ran (tests only). */
 export function resetValidations(): void {
