@@ -109,7 +109,7 @@ describe('distributorAdmin', () => {
   test('channelHealth: status, cooldown and disabled keys', async () => {
     const { app, mw } = setup();
     const admin = distributorAdmin(mw);
-    expect(admin.channelHealth(1)).toEqual({ id: 1, status: ChannelStatus.Enabled, coolingDown: false, cooldownUntil: null, disabledKeys: [2] });
+    expect(admin.channelHealth(1)).toEqual({ id: 1, status: ChannelStatus.Enabled, coolingDown: false, cooldownUntil: null, disabledKeys: [2], ejectedUntil: null, coolingKeys: {}, inFlight: 0, latency: {} });
     await request(app).post('/x').set('x-upstream', '500').send({ model: 'gpt-4o' }).expect(200);
     const h = admin.channelHealth(1);
     expect(h).toMatchObject({ coolingDown: true });
@@ -226,7 +226,7 @@ describe('adminRouter', () => {
     expect((await request(app).delete('/admin/pins?rule=_&all=true').set(ok).expect(400)).body.error.code).toBe('ERR_DIST_INVALID_OPTIONS');
     expect((await request(app).delete('/admin/pins?all=true').set(ok).expect(200)).body).toEqual({ cleared: 1 });
     expect((await request(app).get('/admin/channels/1/health').set(ok).expect(200)).body)
-      .toEqual({ id: 1, status: 1, coolingDown: false, cooldownUntil: null, disabledKeys: [2] });
+      .toEqual({ id: 1, status: 1, coolingDown: false, cooldownUntil: null, disabledKeys: [2], ejectedUntil: null, coolingKeys: {}, inFlight: 0, latency: {} });
     expect((await request(app).get('/admin/channels/99/health').set(ok).expect(404)).body.error.code).toBe('invalid_channel_id');
     expect((await request(app).get('/admin/channels/abc/health').set(ok).expect(400)).body.error.code).toBe('invalid_channel_id');
   });

@@ -378,6 +378,7 @@ describe('multi-key channels', () => {
     const { post, up, registry, events } = build({
       channels: [ch(1, 10, { key: ['sk-a', 'sk-b'] }), ch(2, 5)],
       health: { autoDisable: {} },
+      retry: { rotateKey: false }, // the reference's order: the next channel (rotation has its own tests)
     });
     up.plan(1, 401);
     let r = await post().expect(200);
@@ -418,6 +419,7 @@ describe('multi-key channels', () => {
     const { post, up, registry } = build({
       channels: [ch(1, 10, { key: ['sk-a', 'sk-b', 'sk-c'], disabledKeys: [2] }), ch(2, 5)],
       health: { autoDisable: {} },
+      retry: { rotateKey: false },
     });
     up.plan(1, 401, 401);
     await post().expect(200);

@@ -131,7 +131,11 @@ describe('package.json', () => {
     expect(out['entry/logging'].names).toEqual(['VALIDATION_CODES', 'createDefaultLogger', 'redactFormat', 'redactText']);
   });
 
-  test('the main entry exports at most 40 names (values and types, the default export included)', () => {
+  // 40 in the 0.2 restructure; 0.2's adaptive routing and native upstreams added 9 public types
+  // (ChannelType, ChannelLimits, SelectionOptions, SelectionStrategy, UsageReport,
+  // NewApiImportOptions, and the store's HealthMark, SlotRequest, SlotReply for custom stores).
+  // A new name must be worth its place.
+  test('the main entry exports at most 49 names (values and types, the default export included)', () => {
     const file = path.join(ROOT, 'dist', 'index.d.ts');
     const program = ts.createProgram([file], { strict: true, noEmit: true, types: ['node'] });
     const checker = program.getTypeChecker();
@@ -139,7 +143,7 @@ describe('package.json', () => {
     const names = checker.getExportsOfModule(symbol as ts.Symbol).map((x) => x.getName()).sort();
     expect(names).toContain('default');
     expect(names).toContain('Distribution');
-    expect(names.length).toBeLessThanOrEqual(40);
+    expect(names.length).toBeLessThanOrEqual(49);
   });
 });
 

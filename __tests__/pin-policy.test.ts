@@ -1,13 +1,13 @@
-// The pin policy, table-driven over every combination of its inputs: 8 facts x 2 options = 1,024
+// The pin policy, table-driven over every combination of its inputs: 9 facts x 2 options = 2,048
 // rows, of which the feasible ones (a used pin was a hit, only a used pin can fail, a cleared pin
 // was a stale hit, a served pinned channel was used, a reservation read was a hit, a request that
-// reserved used no pin) are checked against the contract's sentences,
+// reserved used no pin, a saturated pin was a hit that was neither used, cleared nor replaced) are checked against the contract's sentences,
 // written here independently of lib/affinity/policy.ts. The HTTP suites (affinity, retry) check
 // the same rules end to end.
 import { describe, expect, test } from '@jest/globals';
 import { decidePin, type PinAction, type PinFacts } from '../lib/affinity/policy';
 
-const FACTS = ['success', 'hit', 'used', 'cleared', 'pinFailed', 'servedPinned', 'provisional', 'reserved'] as const;
+const FACTS = ['success', 'hit', 'used', 'cleared', 'pinFailed', 'servedPinned', 'provisional', 'reserved', 'saturated'] as const;
 
 function* combinations(): Generator<{ f: PinFacts; switchOnSuccess: boolean; clearOnFailure: boolean }> {
   for (let bits = 0; bits < 1 << (FACTS.length + 2); bits++) {
@@ -24,6 +24,7 @@ function feasible(f: PinFacts): boolean {
   if (f.provisional && !f.hit) return false; // a reservation is something the lookup read
   if (f.reserved && f.used) return false; // a request reserves only when no pin served it
   if (f.reserved && f.hit && !f.cleared) return false; // a stale pin is replaced by the reservation
+  if (f.saturated && (!f.hit || f.used || f.cleared || f.reserved)) return false; // a pin found, at its limits, kept
   return true;
 }
 
@@ -33,6 +34,8 @@ function expected(f: PinFacts, switchOnSuccess: boolean, clearOnFailure: boolean
   // pinned channel fails with a retryable status and no later attempt re-pins it."
   // "a failed request deletes its own reservation (compare-and-delete)"
   if (!f.success && f.reserved) return 'release';
+  // 11.4: "A pinned channel at its limit serves nothing this request, keeps its pin"
+  if (f.saturated) return 'none';
   if (!f.success) return clearOnFailure && f.pinFailed ? 'clear' : 'none';
   if (switchOnSuccess) {
     // "the key is pinned to the channel that served (switchOnSuccess) with a sliding TTL": a used
@@ -54,8 +57,8 @@ const rows = [...combinations()].filter((r) => feasible(r.f));
 
 describe('decidePin over every feasible combination', () => {
   test('the table has every feasible row (and only those)', () => {
-    expect([...combinations()]).toHaveLength(1024);
-    expect(rows).toHaveLength(128);
+    expect([...combinations()]).toHaveLength(2048);
+    expect(rows).toHaveLength(144);
   });
 
   test.each(rows.map((r) => [JSON.stringify({ ...r.f, switchOnSuccess: r.switchOnSuccess, clearOnFailure: r.clearOnFailure }), r] as const))(
@@ -67,7 +70,7 @@ describe('decidePin over every feasible combination', () => {
 });
 
 describe('named rows', () => {
-  const base: PinFacts = { success: true, hit: false, used: false, cleared: false, pinFailed: false, servedPinned: false, provisional: false, reserved: false };
+  const base: PinFacts = { success: true, hit: false, used: false, cleared: false, pinFailed: false, servedPinned: false, provisional: false, reserved: false, saturated: false };
   const dflt = { switchOnSuccess: true, clearOnFailure: true };
   test('a miss that succeeds writes a new pin to the channel that served', () => {
     expect(decidePin(base, dflt)).toBe('write-served');

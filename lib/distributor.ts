@@ -40,6 +40,7 @@ export function runtimeOf(handler: DistributorHandler): Runtime | undefined {
 }
 
 function sendError(cfg: Config, err: DistributorError, req: Request, res: Response, next: NextFunction): void {
+  if (err.retryAfterSeconds !== undefined && !res.headersSent) res.setHeader('retry-after', String(err.retryAfterSeconds));
   if (cfg.onError) {
     let nextCalled = false;
     const guardedNext: NextFunction = (e?: unknown) => {
@@ -73,6 +74,11 @@ function* distribute(rt: Runtime, req: Request, res: Response): Steps<'next' | D
   if (!parsed.model) return new DistributorError('model_required', 'Model name not specified, model name cannot be empty', 400);
   let ok = cfg.affinity.enabled && cfg.affinity.rules.length > 0 && (yield* usePin(rt, run, req, res, parsed));
   if (!ok) ok = yield* selectWithFallback(run, cfg.retry.times + 1, 'select', run.groups);
+  if (!ok && run.sawFull) {
+    const waited = yield* waitForSlot(rt, run);
+    if (waited !== true) return waited;
+    ok = true;
+  }
   if (!ok) return yield* noChannel(rt, run);
   if (run.match && run.d.affinity?.used === false && cfg.affinity.coalesce) yield* reserveSession(rt, run);
   if (cfg.traceHeader) res.setHeader(TRACE_HEADER, traceHeaderValue(run.d.trace));
@@ -91,6 +97,47 @@ function start(rt: Runtime, req: Request, res: Response, routing: Routing, model
   // The client may have gone while the body or the context was awaited: 'close' already fired.
   if (res.closed) run.finalize(res.writableFinished);
   return run;
+}
+
+/**
+ * Every candidate is at its limits (selection.overflow): wait in FIFO order up to `queueMs` for
+ * a slot (the head looks again when a slot is released here, else every 100 ms), else 429
+ * `channels_saturated` with `Retry-After`. A full queue (`maxQueued`) answers 429 at once.
+ */
+function* waitForSlot(rt: Runtime, run: RequestRun): Steps<true | DistributorError> {
+  const { cfg, limits } = rt;
+  const { queueMs, maxQueued } = cfg.selection.overflow;
+  const queue = limits.queue;
+  if (queueMs > 0 && queue.length < maxQueued) {
+    const deadline = Date.now() + queueMs;
+    const w = queue.join();
+    if (cfg.on.saturated) callHook(cfg, 'saturated', { req: run.req, outcome: 'queued', retryAfterMs: limits.soonestRoomMs(Date.now()) });
+    const signal = run.signal();
+    try {
+      for (;;) {
+        if (signal.aborted) break;
+        if (queue.isHead(w)) {
+          run.forgetFull();
+          if (yield* selectWithFallback(run, cfg.retry.times + 1, 'select', run.groups)) {
+            run.note('queued');
+            return true;
+          }
+          if (!run.sawFull) return yield* noChannel(rt, run); // nothing left that could ever serve
+        }
+        const now = Date.now();
+        if (now >= deadline) break;
+        yield queue.wait(w, Math.min(deadline - now, limits.soonestRoomMs(now)), signal);
+      }
+    } finally {
+      queue.leave(w);
+    }
+  }
+  const retryAfterMs = limits.soonestRoomMs(Date.now());
+  if (cfg.on.saturated) callHook(cfg, 'saturated', { req: run.req, outcome: 'rejected', retryAfterMs });
+  run.note('saturated');
+  const shown = run.group === 'auto' ? `auto(${run.lastGroup ?? ''})` : run.group;
+  return new DistributorError('channels_saturated', `Every channel for model ${run.model} under group ${shown} is at its limits; try again later`, 429,
+    Math.max(1, Math.ceil(retryAfterMs / 1000)));
 }
 
 /** No channel sets up: a stale pin whose clearing waited for the reservation goes now; then 503. */
@@ -182,6 +229,7 @@ export function distributor(options: DistributorOptions): DistributorHandler {
       value: async () => {
         validations.release();
         rt.health.stop();
+        rt.limits.shutdown();
         if (cfg.ownsStore) await cfg.store.shutdown?.();
       },
     },
@@ -192,7 +240,15 @@ export function distributor(options: DistributorOptions): DistributorHandler {
         const ch = rt.registry.get(id);
         if (!ch) return undefined;
         const until = rt.health.cooldownUntil(id);
-        return { id, status: ch.status, coolingDown: until !== undefined, cooldownUntil: until ?? null, disabledKeys: [...ch.disabledKeys].sort((a, b) => a - b) };
+        const latency: ChannelHealth['latency'] = {};
+        for (const m of ch.models) {
+          const s = rt.latency.stat(id, m);
+          if (s) latency[m] = { avgMs: Math.round(s.avg * 10) / 10, samples: s.n };
+        }
+        return {
+          id, status: ch.status, coolingDown: until !== undefined, cooldownUntil: until ?? null, disabledKeys: [...ch.disabledKeys].sort((a, b) => a - b),
+          ejectedUntil: rt.health.ejectedUntil(id), coolingKeys: rt.health.coolingKeys(id), inFlight: rt.limits.inFlight(id), latency,
+        };
       },
     },
   });

@@ -10,7 +10,8 @@ export type RequestErrorCode =
   | 'invalid_channel_id'
   | 'channel_disabled'
   | 'channel_setup_failed'
-  | 'model_not_found';
+  | 'model_not_found'
+  | 'channels_saturated';
 
 /** Codes thrown at creation time for misconfiguration. */
 export type ConfigErrorCode = 'ERR_DIST_INVALID_CHANNEL' | 'ERR_DIST_INVALID_OPTIONS' | 'ERR_DIST_INVALID_STORE' | 'ERR_DIST_MISSING_PEER';
@@ -22,11 +23,14 @@ export type ConfigErrorCode = 'ERR_DIST_INVALID_CHANNEL' | 'ERR_DIST_INVALID_OPT
 export class DistributorError extends Error {
   readonly code: RequestErrorCode | ConfigErrorCode;
   readonly status: number;
-  constructor(code: RequestErrorCode | ConfigErrorCode, message: string, status = 500) {
+  /** Seconds a client should wait before trying again (sent as `Retry-After`; `channels_saturated`). */
+  readonly retryAfterSeconds?: number;
+  constructor(code: RequestErrorCode | ConfigErrorCode, message: string, status = 500, retryAfterSeconds?: number) {
     super(message);
     this.name = 'DistributorError';
     this.code = code;
     this.status = status;
+    if (retryAfterSeconds !== undefined) this.retryAfterSeconds = retryAfterSeconds;
     Error.captureStackTrace?.(this, DistributorError);
   }
 }

@@ -15,7 +15,7 @@ export { DEFAULT_DISABLE_KEYWORDS } from './options';
 export { ChannelRegistry } from './channels/registry';
 export { MemoryStore } from './stores/memory';
 export type { MemoryStoreOptions } from './stores/memory';
-export type { Store, StoreEvent, HealthSnapshot, CooldownPolicy } from './stores/store';
+export type { Store, StoreEvent, HealthSnapshot, CooldownPolicy, HealthMark, SlotRequest, SlotReply } from './stores/store';
 export { DistributorError, errorBody } from './errors';
 export { affinityFromNewApi, defaultAffinityRules } from './affinity/rules';
 export type { NewApiAffinitySetting } from './affinity/rules';
@@ -25,5 +25,5 @@ export { ChannelStatus } from './types';
 export type {
   ChannelInput, Channel, RequestContext, KeySource, AffinityRule, AffinityOptions, RetryOptions, HealthOptions, Logger,
   StaleReason, StopReason, AffinityInfo, Attempt, RetryFailure, Distribution, ExtractedRequest, DistributorHooks,
-  ValidationName, ChannelHealth,
+  ValidationName, ChannelHealth, ChannelType, ChannelLimits, SelectionOptions, SelectionStrategy, UsageReport,
 } from './types';

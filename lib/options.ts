@@ -2,7 +2,7 @@
 import type { NextFunction, Request, Response } from 'express';
 import { compileRules, defaultAffinityRules, type CompiledRule } from './affinity/rules';
 import { ChannelRegistry } from './channels/registry';
-import { booleanOption, integerAtLeast, positiveNumber } from './check';
+import { booleanOption, integerAtLeast, isPlainObject, nonNegativeNumber, positiveNumber } from './check';
 import { configError, type DistributorError } from './errors';
 import { createDefaultLogger } from './logging/logger';
 import { parseBytes } from './request/body';
@@ -10,7 +10,8 @@ import { DEFAULT_RETRY_STATUS, parseStatusRanges } from './retry/status-ranges';
 import { MemoryStore } from './stores/memory';
 import type { Store } from './stores/store';
 import type {
-  AffinityOptions, Channel, ChannelInput, DistributorHooks, ExtractedRequest, HealthOptions, Logger, RequestContext, RetryOptions, ValidationName,
+  AffinityOptions, Channel, ChannelInput, DistributorHooks, ExtractedRequest, HealthOptions, Logger, RequestContext, RetryOptions,
+  SelectionOptions, SelectionStrategy, ValidationName,
 } from './types';
 import type { TierStrategy } from './selection/select';
 
@@ -42,6 +43,8 @@ export interface DistributorOptions {
   affinity?: AffinityOptions;
   retry?: RetryOptions;
   health?: HealthOptions;
+  /** How a channel is chosen inside its priority tier, and what happens when all are at their limits. */
+  selection?: SelectionOptions;
   /** Random source in [0, 1). Default `Math.random`. */
   random?: () => number;
   /** Winston-compatible logger. Default: a winston logger at level `warn`. */
@@ -99,12 +102,21 @@ export interface Config {
     tierStrategy: TierStrategy;
     budget?: { percent: number; minConcurrent: number };
     maxRetryAfterMs: number;
+    rotateKey: boolean;
+  };
+  selection: {
+    strategy: SelectionStrategy;
+    latency: { halfLife: number; buffer: number; minSamples: number; explore: number };
+    overflow: { queueMs: number; maxQueued: number };
   };
   health: {
     cooldown?: { failures: number; windowMs: number; durationMs: number };
     autoDisable?: { statusCodes: Set<number>; keywords: string[] };
     probe?: { intervalMs: number; check: (channel: import('./types').Channel) => boolean | Promise<boolean> };
     countUnreported: boolean;
+    outlier?: {
+      failureRate: number; minRequests: number; windowMs: number; baseEjectionMs: number; maxEjectionMs: number; maxEjectionPercent: number;
+    };
   };
   random: () => number;
   logger: Logger;
@@ -118,7 +130,7 @@ export interface Config {
 export const KNOWN_OPTIONS: { [K in keyof Required<DistributorOptions>]: true } = {
   channels: true, store: true, context: true, extractModel: true, shouldSelect: true, allowBodyGroup: true,
   usableGroups: true, autoGroups: true, bodyLimit: true, multipart: true, setup: true, affinity: true,
-  retry: true, health: true, random: true, logger: true, on: true, onError: true, traceHeader: true,
+  retry: true, health: true, selection: true, random: true, logger: true, on: true, onError: true, traceHeader: true,
   validate: true, syncIntervalMs: true,
 };
 
@@ -136,6 +148,63 @@ function isStore(s: unknown): s is Store {
 function defaultContext(_req: Request, res: Response): RequestContext | undefined {
   const t = (res.locals as Record<string, unknown>).token;
   return t && typeof t === 'object' ? (t as RequestContext) : undefined;
+}
+
+const STRATEGIES: readonly SelectionStrategy[] = ['weighted', 'least-busy', 'lowest-latency', 'least-usage'];
+
+/** A number in [0, 1], or `def` when undefined. */
+function fraction(name: string, v: unknown, def: number): number {
+  if (v === undefined) return def;
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < 0 || v > 1) throw configError(`${name} must be a number from 0 to 1`);
+  return v;
+}
+
+function objectOption(name: string, v: unknown): Record<string, unknown> {
+  if (v === undefined) return {};
+  if (!isPlainObject(v)) throw configError(`${name} must be an object`);
+  return v;
+}
+
+function resolveSelection(raw: SelectionOptions | undefined): Config['selection'] {
+  const o = objectOption('options.selection', raw);
+  const strategy = o.strategy ?? 'weighted';
+  if (!STRATEGIES.includes(strategy as SelectionStrategy)) throw configError(`selection.strategy must be one of ${STRATEGIES.map((x) => `'${x}'`).join(', ')}`);
+  const lat = objectOption('selection.latency', o.latency);
+  const over = objectOption('selection.overflow', o.overflow);
+  return {
+    strategy: strategy as SelectionStrategy,
+    latency: {
+      halfLife: positiveNumber(configError, 'selection.latency.halfLife', lat.halfLife, 50),
+      buffer: nonNegativeNumber(configError, 'selection.latency.buffer', lat.buffer, 0.1),
+      minSamples: integerAtLeast(configError, 'selection.latency.minSamples', lat.minSamples, 3, 1),
+      explore: fraction('selection.latency.explore', lat.explore, 0.05),
+    },
+    overflow: {
+      // bounded so a typo cannot hold requests (and their sockets) for hours
+      queueMs: Math.min(integerAtLeast(configError, 'selection.overflow.queueMs', over.queueMs, 0, 0), 600_000),
+      maxQueued: integerAtLeast(configError, 'selection.overflow.maxQueued', over.maxQueued, 1000, 0),
+    },
+  };
+}
+
+function resolveOutlier(raw: HealthOptions['outlier']): Config['health']['outlier'] {
+  if (raw === undefined) return undefined;
+  const o = objectOption('health.outlier', raw);
+  const baseEjectionMs = positiveNumber(configError, 'health.outlier.baseEjectionMs', o.baseEjectionMs, 30_000);
+  const maxEjectionMs = positiveNumber(configError, 'health.outlier.maxEjectionMs', o.maxEjectionMs, 300_000);
+  if (maxEjectionMs < baseEjectionMs) throw configError('health.outlier.maxEjectionMs must be >= baseEjectionMs');
+  const failureRate = fraction('health.outlier.failureRate', o.failureRate, 0.5);
+  if (failureRate === 0) throw configError('health.outlier.failureRate must be > 0 (0 would eject every channel)');
+  const maxEjectionPercent = nonNegativeNumber(configError, 'health.outlier.maxEjectionPercent', o.maxEjectionPercent, 50);
+  if (maxEjectionPercent > 100) throw configError('health.outlier.maxEjectionPercent must be from 0 to 100');
+  return {
+    failureRate,
+    minRequests: integerAtLeast(configError, 'health.outlier.minRequests', o.minRequests, 20, 1),
+    windowMs: positiveNumber(configError, 'health.outlier.windowMs', o.windowMs, 30_000),
+    baseEjectionMs,
+    maxEjectionMs,
+    maxEjectionPercent,
+  };
 }
 
 /** Resolves options into a Config. Throws `ERR_DIST_INVALID_OPTIONS` / `ERR_DIST_INVALID_CHANNEL`. */
@@ -212,6 +281,8 @@ export function resolveOptions(options: DistributorOptions): Config {
     }
     probe = { intervalMs: positiveNumber(configError, 'health.probe.intervalMs', health.probe.intervalMs, 60_000), check: health.probe.check };
   }
+  const outlier = resolveOutlier(health.outlier);
+  const selection = resolveSelection(o.selection);
   const logger = o.logger ?? createDefaultLogger();
   if (typeof logger.warn !== 'function' || typeof logger.error !== 'function') throw configError('options.logger must have warn() and error()');
   if (o.on !== undefined && (typeof o.on !== 'object' || o.on === null)) throw configError('options.on must be an object of hooks');
@@ -247,8 +318,10 @@ export function resolveOptions(options: DistributorOptions): Config {
       tierStrategy: retry.tierStrategy ?? 'restart',
       budget,
       maxRetryAfterMs: integerAtLeast(configError, 'retry.maxRetryAfterMs', retry.maxRetryAfterMs, 0, 0),
+      rotateKey: booleanOption(configError, 'retry.rotateKey', retry.rotateKey, true),
     },
-    health: { cooldown, autoDisable, probe, countUnreported: booleanOption(configError, 'health.countUnreported', health.countUnreported, false) },
+    selection,
+    health: { cooldown, autoDisable, probe, countUnreported: booleanOption(configError, 'health.countUnreported', health.countUnreported, false), outlier },
     random: fn('options.random', o.random) ?? Math.random,
     logger,
     on: o.on ?? {},

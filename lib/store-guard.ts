@@ -1,7 +1,7 @@
 // Store calls go through a guard: an error or rejection becomes a fallback value, a rate-limited
 // warning and a `storeError` hook, so a store outage degrades service and never fails a request.
 import { callHook } from './hooks';
-import type { Store } from './stores/store';
+import type { SlotReply, SlotRequest, Store } from './stores/store';
 import type { DistributorHooks, Logger } from './types';
 
 const WARN_EVERY_MS = 10_000;
@@ -38,6 +38,13 @@ export class StoreGuard {
     const reserve = store.reservePin;
     if (!reserve) return undefined;
     return this.either('reservePin', store.reservePinSync && (() => store.reservePinSync?.(key, value, ttlMs, replacing)), () => reserve.call(store, key, value, ttlMs, replacing));
+  }
+
+  /** A slot under a channel's limits (`acquireSlot`), synchronous when the store can; `undefined` when the store failed. */
+  acquireSlot(store: Store, req: SlotRequest): SlotReply | undefined | Promise<SlotReply | undefined> {
+    const acquire = store.acquireSlot;
+    if (!acquire) return undefined;
+    return this.either('acquireSlot', store.acquireSlotSync && (() => store.acquireSlotSync?.(req)), () => acquire.call(store, req));
   }
 
   /** `sync()` when given and it answers (not undefined), else `call()`; a failure of either is `undefined`. */

@@ -187,6 +187,41 @@ export interface RetryOptions {
   budget?: { percent?: number; minConcurrent?: number };
   /** Wait for a Retry-After on the only candidate left when it is at most this long. Default 0 (off). */
   maxRetryAfterMs?: number;
+  /**
+   * Default true: a 429 or 401 from one key of a multi-key channel cools that key (for the
+   * Retry-After, else `health.cooldown.durationMs`, else 30 s) and the retry uses another enabled
+   * key of the same channel before another channel. It counts as an attempt; `tried` holds the
+   * channel once.
+   */
+  rotateKey?: boolean;
+}
+
+/** How a channel is chosen inside the priority tier (API.md 11.4). */
+export type SelectionStrategy = 'weighted' | 'least-busy' | 'lowest-latency' | 'least-usage';
+
+export interface SelectionOptions {
+  /**
+   * `'weighted'` (default): random by weight. `'least-busy'`: fewest requests in flight on this
+   * instance, weight breaking ties. `'lowest-latency'`: the lowest latency average, within
+   * `latency.buffer` of the best picked by weight. `'least-usage'`: the lowest used share of its
+   * `limits` (channels without limits count as unused). Tiers, pins and exclusions are unchanged.
+   */
+  strategy?: SelectionStrategy;
+  latency?: {
+    /** Samples after which an old sample weighs half. Default 50. */
+    halfLife?: number;
+    /** Channels within this fraction of the best average are picked by weight. Default 0.1. */
+    buffer?: number;
+    /** Samples a channel needs before its average counts. Default 3. */
+    minSamples?: number;
+    /** Share of picks that go to channels with fewer than `minSamples` samples. Default 0.05. */
+    explore?: number;
+  };
+  /**
+   * When every candidate is at a limit: wait up to `queueMs` (FIFO) for a slot, else answer 429
+   * `channels_saturated` with `Retry-After`. `queueMs` default 0 (no wait), `maxQueued` default 1000.
+   */
+  overflow?: { queueMs?: number; maxQueued?: number };
 }
 
 export interface HealthOptions {
@@ -211,6 +246,21 @@ export interface HealthOptions {
    * `registry.setStatus(id, ChannelStatus.Enabled)`.
    */
   probe?: { intervalMs?: number; check: (channel: Channel) => boolean | Promise<boolean> };
+  /**
+   * Outlier ejection (Envoy-style; off unless given, `{}` for the defaults): a channel whose
+   * counted failures / upstream attempts over `windowMs` (30,000) reach `failureRate` (0.5) with at
+   * least `minRequests` (20) attempts is ejected for `baseEjectionMs` (30,000) x its consecutive
+   * ejections, at most `maxEjectionMs` (300,000); never more than `maxEjectionPercent` (50) of
+   * the channels serving a group and model at once. Shared through the store like cooldowns.
+   */
+  outlier?: {
+    failureRate?: number;
+    minRequests?: number;
+    windowMs?: number;
+    baseEjectionMs?: number;
+    maxEjectionMs?: number;
+    maxEjectionPercent?: number;
+  };
 }
 
 /** A winston-compatible logger; `console` fits too. */
@@ -221,7 +271,11 @@ export interface Logger {
   debug?(message: string, meta?: Record<string, unknown>): unknown;
 }
 
-export type StaleReason = 'missing' | 'disabled' | 'ineligible' | 'cooling' | 'setup_failed';
+/**
+ * Why a pin was not used. `saturated`: the pinned channel is at its `limits`; its pin is kept.
+ * `ejected`: outlier ejection (`health.outlier`).
+ */
+export type StaleReason = 'missing' | 'disabled' | 'ineligible' | 'cooling' | 'ejected' | 'setup_failed' | 'saturated';
 
 export type StopReason = 'times' | 'status' | 'specific_channel' | 'skip_rule' | 'no_channel' | 'budget';
 
@@ -324,7 +378,14 @@ export interface DistributorHooks {
   storeError?(e: { operation: string; error: Error }): void;
   /** Each usage report: the channel and key that served, the rule, and whether the pin was used. */
   usage?(e: { req: Request; channelId: number; keyIndex?: number; rule?: string; affinity: 'hit' | 'miss' | 'none'; usage: UsageReport }): void;
-  health?(e: { channelId: number; event: 'cooldown' | 'auto_disabled' | 'key_disabled' | 're_enabled'; until?: number; keyIndex?: number }): void;
+  /**
+   * Health changes seen by this instance: a cooldown, an auto-disable (channel or key), a probe's
+   * re-enable, an outlier ejection (`ejected`, with `until`), a key cooled by `retry.rotateKey`
+   * (`key_cooldown`, with `keyIndex` and `until`).
+   */
+  health?(e: { channelId: number; event: 'cooldown' | 'auto_disabled' | 'key_disabled' | 're_enabled' | 'ejected' | 'key_cooldown'; until?: number; keyIndex?: number }): void;
+  /** A request found every candidate at its limits: `queued` (it waits) or `rejected` (429). */
+  saturated?(e: { req: Request; outcome: 'queued' | 'rejected'; retryAfterMs: number }): void;
 }
 
 /** Names of the creation-time checks, for `validate: { name: false }` (codes in `VALIDATION_CODES`). */
@@ -354,6 +415,14 @@ export interface ChannelHealth {
   cooldownUntil: number | null;
   /** Disabled key indexes of a multi-key channel. */
   disabledKeys: number[];
+  /** Epoch ms an outlier ejection ends (`health.outlier`); null when not ejected. */
+  ejectedUntil: number | null;
+  /** Key index -> epoch ms its cooldown ends (`retry.rotateKey`), for keys cooling now. */
+  coolingKeys: Record<number, number>;
+  /** Requests in flight on this channel on this instance. */
+  inFlight: number;
+  /** Latency average per model (ms) and its sample count, as `lowest-latency` sees it. */
+  latency: Record<string, { avgMs: number; samples: number }>;
 }
 
 declare global {

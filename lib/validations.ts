@@ -5,7 +5,7 @@ import cluster from 'node:cluster';
 import type { ChannelRegistry } from './channels/registry';
 import { KNOWN_OPTIONS, type Config, type DistributorOptions } from './options';
 import type { Store } from './stores/store';
-import type { AffinityOptions, AffinityRule, HealthOptions, Logger, RetryOptions, ValidationName } from './types';
+import type { AffinityOptions, AffinityRule, HealthOptions, Logger, RetryOptions, SelectionOptions, ValidationName } from './types';
 import { ChannelStatus } from './types';
 
 /**
@@ -40,9 +40,15 @@ const RULE_KEYS: KeysOf<AffinityRule> = {
   name: true, modelRegex: true, pathRegex: true, userAgentInclude: true, keySources: true, valueRegex: true, ttlSeconds: true,
   skipRetryOnFailure: true, includeUsingGroup: true, includeModelName: true, includeRuleName: true, minCachedRatio: true, evaluateAfter: true,
 };
-const RETRY_KEYS: KeysOf<RetryOptions> = { times: true, statusCodes: true, tierStrategy: true, budget: true, maxRetryAfterMs: true };
+const RETRY_KEYS: KeysOf<RetryOptions> = { times: true, statusCodes: true, tierStrategy: true, budget: true, maxRetryAfterMs: true, rotateKey: true };
 const BUDGET_KEYS: KeysOf<NonNullable<RetryOptions['budget']>> = { percent: true, minConcurrent: true };
-const HEALTH_KEYS: KeysOf<HealthOptions> = { cooldown: true, autoDisable: true, probe: true, countUnreported: true };
+const HEALTH_KEYS: KeysOf<HealthOptions> = { cooldown: true, autoDisable: true, probe: true, countUnreported: true, outlier: true };
+const OUTLIER_KEYS: KeysOf<NonNullable<HealthOptions['outlier']>> = {
+  failureRate: true, minRequests: true, windowMs: true, baseEjectionMs: true, maxEjectionMs: true, maxEjectionPercent: true,
+};
+const SELECTION_KEYS: KeysOf<SelectionOptions> = { strategy: true, latency: true, overflow: true };
+const LATENCY_KEYS: KeysOf<NonNullable<SelectionOptions['latency']>> = { halfLife: true, buffer: true, minSamples: true, explore: true };
+const OVERFLOW_KEYS: KeysOf<NonNullable<SelectionOptions['overflow']>> = { queueMs: true, maxQueued: true };
 const COOLDOWN_KEYS: KeysOf<NonNullable<HealthOptions['cooldown']>> = { failures: true, windowMs: true, durationMs: true };
 const AUTO_DISABLE_KEYS: KeysOf<NonNullable<HealthOptions['autoDisable']>> = { statusCodes: true, keywords: true };
 
@@ -127,6 +133,12 @@ function checkUnknownOptions(warn: Warn, o: DistributorOptions): void {
   if (isPlainObject(o.health)) {
     unknownKeys(warn, 'health.cooldown', o.health.cooldown, COOLDOWN_KEYS);
     unknownKeys(warn, 'health.autoDisable', o.health.autoDisable, AUTO_DISABLE_KEYS);
+    unknownKeys(warn, 'health.outlier', o.health.outlier, OUTLIER_KEYS);
+  }
+  unknownKeys(warn, 'selection', o.selection, SELECTION_KEYS);
+  if (isPlainObject(o.selection)) {
+    unknownKeys(warn, 'selection.latency', o.selection.latency, LATENCY_KEYS);
+    unknownKeys(warn, 'selection.overflow', o.selection.overflow, OVERFLOW_KEYS);
   }
   unknownKeys(warn, 'validate', o.validate, VALIDATION_CODES);
 }

@@ -128,7 +128,7 @@ if (!available) {
           // reads (with and without the sliding TTL) answer at once, from Redis
           expect(await s.getPin(pinned[0], 60_000)).toBe('3');
           expect(await s.getPin(pinned[1])).toBe('4');
-          expect(await s.loadHealth()).toEqual({ cooldowns: {}, statuses: {}, disabledKeys: {} });
+          expect(await s.loadHealth()).toEqual({ cooldowns: {}, statuses: {}, disabledKeys: {}, marks: [] });
           expect(s.backingOff).toBe(false);
           expect(s.pendingPinWrites).toBe(0); // an error reply is not retried
         }

@@ -229,7 +229,7 @@ describeRedis('RedisStore', (url) => {
       expect(await s.getPin(k, 10_000)).toBe('21');
       const until = await s.recordFailure(8, { failures: 1, windowMs: 1, durationMs: 60_000 }, Date.now());
       await s.setOverride(9, { status: ChannelStatus.ManuallyDisabled, disabledKeys: [2] });
-      expect(await s.loadHealth()).toEqual({ cooldowns: { 8: until }, statuses: { 9: 2 }, disabledKeys: { 9: [2] } });
+      expect(await s.loadHealth()).toEqual({ cooldowns: { 8: until }, statuses: { 9: 2 }, disabledKeys: { 9: [2] }, marks: [] });
       expect(await s.countPins(ruleNameOfPinKey)).toEqual({ 'codex cli trace': 1 });
       await flushPrefix(send, prefix);
     });

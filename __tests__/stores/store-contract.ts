@@ -264,7 +264,7 @@ export function runStoreContract(name: string, factory: () => Promise<StoreHarne
 
     describe('overrides and loadHealth', () => {
       test('an empty store has an empty snapshot', async () => {
-        expect(await store.loadHealth()).toEqual({ cooldowns: {}, statuses: {}, disabledKeys: {} });
+        expect(await store.loadHealth()).toEqual({ cooldowns: {}, statuses: {}, disabledKeys: {}, marks: [] });
       });
 
       test('a status override is shared and removed with null', async () => {
@@ -292,14 +292,14 @@ export function runStoreContract(name: string, factory: () => Promise<StoreHarne
         expect(snap.statuses).toEqual({ 34: 3 });
         expect(snap.disabledKeys).toEqual({});
         await store.setOverride(34, { status: null, disabledKeys: [3, 4] });
-        expect(await store.loadHealth()).toEqual({ cooldowns: {}, statuses: {}, disabledKeys: { 34: [3, 4] } });
+        expect(await store.loadHealth()).toEqual({ cooldowns: {}, statuses: {}, disabledKeys: { 34: [3, 4] }, marks: [] });
       });
 
       test('a snapshot holds cooldowns, statuses and keys together', async () => {
         const until = await store.recordFailure(35, policy(1), Date.now());
         await store.setOverride(36, { status: ChannelStatus.AutoDisabled });
         await store.setOverride(37, { disabledKeys: [5] });
-        expect(await peer.loadHealth()).toEqual({ cooldowns: { 35: until }, statuses: { 36: 3 }, disabledKeys: { 37: [5] } });
+        expect(await peer.loadHealth()).toEqual({ cooldowns: { 35: until }, statuses: { 36: 3 }, disabledKeys: { 37: [5] }, marks: [] });
       });
     });
 
@@ -400,9 +400,11 @@ export function runStoreContract(name: string, factory: () => Promise<StoreHarne
         expect(await store.recordFailure(53, policy(3), now)).toBeNull(); // a failure count, no cooldown yet
         await store.setOverride(54, { status: ChannelStatus.ManuallyDisabled });
         await store.setOverride(55, { disabledKeys: [1, 3] });
+        const mark = { kind: 'eject' as const, channelId: 56, until: now + 60_000, count: 2 };
+        await store.setMark?.(mark);
         await store.setPin(pinKey(), '1', 10_000);
         await store.setPin('other:key', 'v', 10_000);
-        const health = { cooldowns: { 52: until }, statuses: { 54: 2 }, disabledKeys: { 55: [1, 3] } };
+        const health = { cooldowns: { 52: until }, statuses: { 54: 2 }, disabledKeys: { 55: [1, 3] }, marks: [mark] };
         expect(await store.loadHealth()).toEqual(health);
         expect(await store.clearPins()).toBe(2);
         expect(await store.clearPins('')).toBe(0);

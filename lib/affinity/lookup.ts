@@ -24,7 +24,10 @@ function checkPin(rt: Runtime, run: RequestRun, id: number): { reason: StaleReas
     }
   }
   if (group === undefined) return { reason: 'ineligible' };
-  if (rt.health.isCooling(id)) return { reason: 'cooling' };
+  const now = Date.now();
+  if (rt.health.unavailable(id, now)) return { reason: rt.health.unavailableReason(id, now) ?? 'cooling' };
+  // at its limits: it serves nothing this request, and keeps its pin
+  if (rt.limits.isFull(id, now)) return { reason: 'saturated' };
   return { ch, group };
 }
 
@@ -61,10 +64,15 @@ export function* usePin(rt: Runtime, run: RequestRun, req: Request, res: Respons
       pinServes(rt, run, pin, target.group, 'hit');
       return true;
     }
-    info.stale = 'setup_failed';
+    info.stale = run.limitRefused ? 'saturated' : 'setup_failed';
   }
   rt.usage.lookup(match.rule.name, false);
   run.stalePin = pin.channelId;
+  if (info.stale === 'saturated') {
+    // a full channel keeps its pin: the session returns to it when it has room
+    reportStale(rt, run);
+    return false;
+  }
   // With coalescing the stale pin is replaced by this request's reservation in one round trip
   // (reserveSession, which reports it); without, it is cleared now.
   if (cfg.affinity.keepOnChannelDisabled || !coalescing(rt) || run.storeFailed) {
@@ -118,7 +126,7 @@ function* tryPin(rt: Runtime, run: RequestRun, pin: PinTarget, how: 'hit' | 'coa
   const target = pinTarget(rt, run, pin);
   if (target === undefined) return false;
   if (!(yield* run.trySetup(target.ch, target.group, run.pinnedKey))) {
-    (run.d.affinity as AffinityInfo).stale = 'setup_failed';
+    (run.d.affinity as AffinityInfo).stale = run.limitRefused ? 'saturated' : 'setup_failed';
     return false;
   }
   pinServes(rt, run, pin, target.group, how);
@@ -157,7 +165,7 @@ export function* reserveSession(rt: Runtime, run: RequestRun): Steps<void> {
   const cur = run.current;
   if (!match || !info || info.used || !cur || run.storeFailed || !coalescing(rt)) return;
   const { cfg } = rt;
-  const replacing = info.hit && !cfg.affinity.keepOnChannelDisabled ? run.pinnedValue : undefined;
+  const replacing = info.hit && !cfg.affinity.keepOnChannelDisabled && info.stale !== 'saturated' ? run.pinnedValue : undefined;
   if (info.hit && replacing === undefined) return; // a stale pin that is kept stays as it is
   const own = reservationValue(run.pinOf(cur, run.currentKeyIndex), reservationToken());
   const held = (yield rt.guard.reservePin(cfg.store, match.key, own, cfg.affinity.reserveTtlMs, replacing)) as string | null | undefined;

@@ -20,6 +20,8 @@ export interface PinFacts {
   provisional: boolean;
   /** This request wrote a reservation (it was a session's first request). */
   reserved: boolean;
+  /** The pinned channel was at its limits: it served nothing this request and keeps its pin. */
+  saturated: boolean;
 }
 
 export interface PinPolicyOptions {
@@ -45,6 +47,8 @@ export function decidePin(f: PinFacts, o: PinPolicyOptions): PinAction {
     if (f.reserved) return 'release';
     return f.pinFailed && o.clearOnFailure ? 'clear' : 'none';
   }
+  // A full channel keeps its pin: the session goes back to it (and its cache) when it has room.
+  if (f.saturated) return 'none';
   if (o.switchOnSuccess) {
     // A used pin that served was refreshed by the lookup (sliding TTL): nothing to write, unless
     // it was a reservation, which a success confirms as a pin with the rule's TTL.

@@ -13,27 +13,48 @@ export class KeyPicker {
   private polling = new Map<number, number>();
   constructor(private readonly random: () => number) {}
 
-  /** The index of the key to use, or -1 for a channel without keys. Throws NoEnabledKeyError. */
   /**
-   * The key index for this request: `preferred` (the key a pin recorded) while it exists and is
-   * enabled, else one enabled key by `multiKeyMode`; -1 for a channel without keys.
+   * The key index for this request: `preferred` (the key a pin recorded) while it exists, is
+   * enabled and is not skipped (`skip`: a cooling key), else one usable key by `multiKeyMode`; -1
+   * for a channel without keys. Throws NoEnabledKeyError when no key is usable.
    */
-  pick(ch: RegisteredChannel, preferred?: number): number {
+  pick(ch: RegisteredChannel, preferred?: number, skip?: (k: number) => boolean): number {
     const n = ch.keys.length;
-    if (preferred !== undefined && preferred >= 0 && preferred < n && !ch.disabledKeys.has(preferred)) return preferred;
+    const usable = (i: number) => !ch.disabledKeys.has(i) && (skip === undefined || !skip(i));
+    if (preferred !== undefined && preferred >= 0 && preferred < n && usable(preferred)) return preferred;
     if (n === 0) return -1;
-    if (n === 1 && ch.disabledKeys.size === 0) return 0;
+    if (n === 1 && ch.disabledKeys.size === 0 && skip === undefined) return 0;
     const enabled: number[] = [];
-    for (let i = 0; i < n; i++) if (!ch.disabledKeys.has(i)) enabled.push(i);
+    for (let i = 0; i < n; i++) if (usable(i)) enabled.push(i);
     if (enabled.length === 0) throw new NoEnabledKeyError(ch.id);
     if (ch.multiKeyMode === 'polling') {
       const start = this.polling.get(ch.id) ?? 0;
-      // walk from the saved position to the next enabled key
+      // walk from the saved position to the next usable key
       let i = start % n;
-      while (ch.disabledKeys.has(i)) i = (i + 1) % n;
+      while (!usable(i)) i = (i + 1) % n;
       this.polling.set(ch.id, (i + 1) % n);
       return i;
     }
     return enabled[Math.min(enabled.length - 1, Math.floor(this.random() * enabled.length))];
+  }
+
+  /** `first`, then the channel's other usable keys in index order after it (the order limits try them in). */
+  candidates(ch: RegisteredChannel, first: number, skip?: (k: number) => boolean): number[] {
+    const n = ch.keys.length;
+    if (n < 2) return [first];
+    const out = [first];
+    for (let j = 1; j < n; j++) {
+      const i = (first + j) % n;
+      if (!ch.disabledKeys.has(i) && (skip === undefined || !skip(i))) out.push(i);
+    }
+    return out;
+  }
+
+  /** Does the channel have a usable key other than `except`? */
+  hasOther(ch: RegisteredChannel, except: number, skip?: (k: number) => boolean): boolean {
+    for (let i = 0; i < ch.keys.length; i++) {
+      if (i !== except && !ch.disabledKeys.has(i) && (skip === undefined || !skip(i))) return true;
+    }
+    return false;
   }
 }

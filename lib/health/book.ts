@@ -3,7 +3,8 @@
 // counts as a failure of the channel is decided in ./attribution.ts.
 import type { ChannelRegistry, RegisteredChannel } from '../channels/registry';
 import type { Config } from '../options';
-import type { HealthSnapshot, StoreEvent } from '../stores/store';
+import type { HealthMark, HealthSnapshot, StoreEvent } from '../stores/store';
+import { OutlierCounter } from './outlier';
 import { autoDisableMatches, countsAsFailure, type CallerText } from './attribution';
 import { ChannelStatus, type RetryFailure } from '../types';
 import type { StoreGuard } from '../store-guard';
@@ -29,12 +30,21 @@ export class HealthBook {
   /** Local status/key changes not yet confirmed by the store: retried, and never reverted by a snapshot. */
   private pending = new Map<number, { status?: ChannelStatus | null; disabledKeys?: number[]; version: number }>();
   private version = 0;
+  /** Outlier ejections: channel id -> end and ejections in a row (the last one kept after it ends). */
+  private ejections = new Map<number, { until: number; count: number }>();
+  /** Channels ejected now (a fast "none" for selection). */
+  private ejectedNow = 0;
+  /** Cooling keys (`retry.rotateKey`): channel id -> key index -> end. */
+  private keyCools = new Map<number, Map<number, number>>();
+  private readonly outlier?: OutlierCounter;
 
   constructor(
     private readonly cfg: Config,
     private readonly registry: ChannelRegistry,
     private readonly guard: StoreGuard,
-  ) {}
+  ) {
+    if (cfg.health.outlier) this.outlier = new OutlierCounter(cfg.health.outlier);
+  }
 
   /** Starts listening: store events, a polling backstop, and local registry changes to publish. */
   start(): void {
@@ -54,7 +64,11 @@ export class HealthBook {
         if (status === null) this.statusOverrides.delete(change.id);
         else this.statusOverrides.set(change.id, status);
         void this.publish(change.id, { status });
-        if (status === null) this.restoreKeysIfNoneLeft(change.id);
+        if (status === null) {
+          // an operator's re-enable is a fresh start for the channel's keys too
+          this.keyCools.delete(change.id);
+          this.restoreKeysIfNoneLeft(change.id);
+        }
       } else if (change.type === 'keys') {
         if (change.disabledKeys.length) this.keyOverrides.set(change.id, change.disabledKeys);
         else this.keyOverrides.delete(change.id);
@@ -190,6 +204,150 @@ export class HealthBook {
     return this.isCooling(id) ? this.cooldowns.get(id) : undefined;
   }
 
+  /**
+   * Can selection not use this channel now: cooling, ejected, or every enabled key cooling?
+   * (local, no I/O; one map lookup when nothing is ejected and no key cools)
+   */
+  unavailable(id: number, now = Date.now()): boolean {
+    if (this.cooldowns.size !== 0 && this.isCooling(id, now)) return true;
+    if (this.ejectedNow !== 0 && this.isEjected(id, now)) return true;
+    return this.keyCools.size !== 0 && this.allKeysCooling(id, now);
+  }
+
+  /** Why `unavailable()`: for a pin's stale reason. */
+  unavailableReason(id: number, now = Date.now()): 'cooling' | 'ejected' | undefined {
+    if (this.isCooling(id, now)) return 'cooling';
+    if (this.isEjected(id, now)) return 'ejected';
+    if (this.allKeysCooling(id, now)) return 'cooling';
+    return undefined;
+  }
+
+  isEjected(id: number, now = Date.now()): boolean {
+    const e = this.ejections.get(id);
+    return e !== undefined && e.until > now;
+  }
+
+  ejectedUntil(id: number): number | null {
+    const e = this.ejections.get(id);
+    return e !== undefined && e.until > Date.now() ? e.until : null;
+  }
+
+  /** Is key `k` of the channel cooling (`retry.rotateKey`)? */
+  keyCooling(id: number, k: number, now = Date.now()): boolean {
+    const m = this.keyCools.get(id);
+    if (m === undefined) return false;
+    const until = m.get(k);
+    if (until === undefined) return false;
+    if (until > now) return true;
+    m.delete(k);
+    if (m.size === 0) this.keyCools.delete(id);
+    return false;
+  }
+
+  /** Key index -> end, for the keys of a channel cooling now. */
+  coolingKeys(id: number): Record<number, number> {
+    const out: Record<number, number> = {};
+    const now = Date.now();
+    for (const [k, until] of this.keyCools.get(id) ?? []) if (until > now) out[k] = until;
+    return out;
+  }
+
+  /** A predicate for the key picker: undefined when no key of the channel cools (the fast case). */
+  keySkip(id: number): ((k: number) => boolean) | undefined {
+    if (!this.keyCools.has(id)) return undefined;
+    const now = Date.now();
+    return (k) => this.keyCooling(id, k, now);
+  }
+
+  private allKeysCooling(id: number, now: number): boolean {
+    const m = this.keyCools.get(id);
+    if (m === undefined) return false;
+    const ch = this.registry.get(id);
+    if (!ch || ch.keys.length < 2) return false;
+    for (let k = 0; k < ch.keys.length; k++) if (!ch.disabledKeys.has(k) && !this.keyCooling(id, k, now)) return false;
+    return true;
+  }
+
+  /**
+   * Cools one key of a multi-key channel (`retry.rotateKey`: a 429 or 401 from it) for `ms`, here
+   * and, through the store, on every instance.
+   */
+  coolKey(ch: RegisteredChannel, k: number, ms: number): void {
+    const until = Date.now() + ms;
+    this.applyMark({ kind: 'key', channelId: ch.id, keyIndex: k, until });
+    void this.guard.run('setMark', async () => this.cfg.store.setMark?.({ kind: 'key', channelId: ch.id, keyIndex: k, until }), undefined);
+    this.cfg.logger.warn('channel key cooling down', { channelId: ch.id, keyIndex: k, until: new Date(until).toISOString() });
+    callHook(this.cfg, 'health', { channelId: ch.id, event: 'key_cooldown', keyIndex: k, until });
+  }
+
+  /** Applies an ejection or a cooling key learnt from any instance (a later end wins). */
+  private applyMark(m: HealthMark): void {
+    if (m.kind === 'key') {
+      if (m.keyIndex === undefined) return;
+      let keys = this.keyCools.get(m.channelId);
+      if (m.until <= Date.now()) {
+        keys?.delete(m.keyIndex);
+        if (keys && keys.size === 0) this.keyCools.delete(m.channelId);
+        return;
+      }
+      if (!keys) this.keyCools.set(m.channelId, (keys = new Map()));
+      if ((keys.get(m.keyIndex) ?? 0) < m.until) keys.set(m.keyIndex, m.until);
+      return;
+    }
+    const had = this.ejections.get(m.channelId);
+    if (had && had.until >= m.until) return;
+    this.ejections.set(m.channelId, { until: m.until, count: m.count ?? (had ? had.count + 1 : 1) });
+    this.countEjected();
+  }
+
+  private countEjected(): void {
+    const now = Date.now();
+    let n = 0;
+    for (const e of this.ejections.values()) if (e.until > now) n++;
+    this.ejectedNow = n;
+  }
+
+  /**
+   * One upstream attempt's outcome for outlier ejection. Ejects the channel when its failure rate
+   * over the window is reached and the ejection cap of every group and model it serves allows it.
+   */
+  private observeOutlier(ch: RegisteredChannel, failed: boolean): void {
+    const outlier = this.outlier;
+    if (!outlier) return;
+    const now = Date.now();
+    if (!outlier.observe(ch.id, failed, now) || this.isEjected(ch.id, now)) return;
+    this.countEjected();
+    if (!this.ejectionAllowed(ch, outlier, now)) return;
+    const policy = this.cfg.health.outlier as NonNullable<Config['health']['outlier']>;
+    const prev = this.ejections.get(ch.id);
+    // ejections in a row: the previous one ended recently (within the longest ejection)
+    const count = prev && prev.until > now - policy.maxEjectionMs ? prev.count + 1 : 1;
+    const until = now + outlier.ejectionMs(count);
+    outlier.reset(ch.id);
+    this.applyMark({ kind: 'eject', channelId: ch.id, until, count });
+    void this.guard.run('setMark', async () => this.cfg.store.setMark?.({ kind: 'eject', channelId: ch.id, until, count }), undefined);
+    this.cfg.logger.warn('channel ejected as an outlier', { channelId: ch.id, until: new Date(until).toISOString(), ejections: count });
+    callHook(this.cfg, 'health', { channelId: ch.id, event: 'ejected', until });
+  }
+
+  /** No group and model the channel serves may have more than maxEjectionPercent of its channels ejected. */
+  private ejectionAllowed(ch: RegisteredChannel, outlier: OutlierCounter, now: number): boolean {
+    for (const g of ch.groups) {
+      for (const m of ch.models) {
+        let total = 0;
+        let ejected = 0;
+        for (const tier of this.registry.tiers(g, m) ?? []) {
+          for (const c of tier.channels) {
+            total++;
+            if (c.id !== ch.id && this.isEjected(c.id, now)) ejected++;
+          }
+        }
+        if (!outlier.allows(ejected, total)) return false;
+      }
+    }
+    return true;
+  }
+
   /** Re-reads every cooldown and override from the store (backstop for missed events). */
   async sync(): Promise<void> {
     try {
@@ -214,6 +372,7 @@ export class HealthBook {
     for (const id of [...this.cooldowns.keys()]) {
       if (!seen.has(id) && !this.localCooldowns.has(id) && (this.cooldownSeen.get(id) ?? 0) < readAt) this.dropCooldown(id);
     }
+    for (const m of Array.isArray(snap.marks) ? snap.marks : []) this.applyMark(m);
     // Statuses: apply only what changed since the last snapshot, so a local replaceAll()
     // is not overwritten by an override it already reflects.
     const statuses = new Map(Object.entries(snap.statuses).map(([k, v]) => [Number(k), v] as const));
@@ -254,10 +413,16 @@ export class HealthBook {
       if (e.type === 'cooldown') {
         if (e.until > Date.now()) this.setCooldown(e.channelId, e.until, false);
         else this.dropCooldown(e.channelId);
+      } else if (e.type === 'mark') {
+        const { type: _type, ...mark } = e;
+        this.applyMark(mark);
       } else if (e.type === 'status') {
         if (e.status === null) {
           const had = this.statusOverrides.delete(e.channelId);
-          if (had) this.registry.applyStatus(e.channelId, ChannelStatus.Enabled, 'remote');
+          if (had) {
+            this.keyCools.delete(e.channelId);
+            this.registry.applyStatus(e.channelId, ChannelStatus.Enabled, 'remote');
+          }
         } else {
           this.statusOverrides.set(e.channelId, e.status);
           if (this.registry.get(e.channelId)?.status !== e.status) this.registry.applyStatus(e.channelId, e.status, 'remote');
@@ -294,6 +459,7 @@ export class HealthBook {
   async recordFailure(ch: RegisteredChannel, keyIndex: number | undefined, failure: RetryFailure, callerText?: CallerText): Promise<void> {
     const { cooldown, autoDisable } = this.cfg.health;
     if (autoDisable && ch.autoBan && callerText && autoDisableMatches(autoDisable, failure, callerText)) this.disable(ch, keyIndex);
+    this.observeOutlier(ch, countsAsFailure(failure.status));
     if (cooldown && countsAsFailure(failure.status)) {
       const now = Date.now();
       this.recentFailures.set(ch.id, now);
@@ -313,6 +479,7 @@ export class HealthBook {
    * within the window. Only channels this instance saw fail recently cost a store call.
    */
   recordSuccess(ch: RegisteredChannel): void {
+    this.observeOutlier(ch, false);
     const cooldown = this.cfg.health.cooldown;
     if (!cooldown) return;
     const at = this.recentFailures.get(ch.id);

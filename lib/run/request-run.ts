@@ -22,6 +22,7 @@ import { isRetryable } from '../retry/status-ranges';
 import type { Runtime } from '../runtime';
 import { callerCredentials, errorText, redact } from '../security/redact';
 import { selectWithFallback } from '../selection/fallback';
+import type { Hold } from '../selection/limits';
 import { retryGroups, retryStartTier } from '../selection/next';
 import { driveToPromise, type Steps } from '../steps';
 import { TRACE_HEADER, traceHeaderValue } from '../trace';
@@ -59,6 +60,14 @@ export class RequestRun implements RunHandle {
   private latencyReported = false;
   /** The pinned channel failed with a retryable status. */
   pinFailed = false;
+  /** The last trySetup found every key of its channel at a limit. */
+  limitRefused = false;
+  /** Selection passed over a channel at its limits (the overflow queue applies). */
+  sawFull = false;
+  /** The hold on the current channel's limits (released when the response ends or the channel changes). */
+  private hold?: Hold;
+  /** The channel counted as in flight for this request. */
+  private entered?: number;
   /** The channel the request holds now. */
   current?: RegisteredChannel;
   /** The last group selection looked at (named in the 503 of an `auto` request). */
@@ -157,22 +166,69 @@ export class RequestRun implements RunHandle {
    */
   *trySetup(ch: RegisteredChannel, group: string, preferredKey?: number): Steps<boolean> {
     this.markTried(ch.id);
+    this.limitRefused = false;
     let view: Channel;
     let keyIndex: number | undefined;
+    let hold: Hold | null | undefined;
     try {
-      const index = this.rt.keys.pick(ch, preferredKey);
+      const { keys, health, limits } = this.rt;
+      const skip = health.keySkip(ch.id);
+      let index = keys.pick(ch, preferredKey, skip);
+      if (ch.limits !== undefined) {
+        // one store call tries every usable key of the channel, the picked one first
+        hold = (yield limits.acquire(ch, keys.candidates(ch, index, skip), this.tokenEstimate())) as Hold | null | undefined;
+        if (hold === null) return this.channelFull(ch);
+        if (hold !== undefined) index = hold.keyIndex;
+      }
       keyIndex = index < 0 ? undefined : index;
       view = viewWithKey(ch, index);
       const setup = this.rt.cfg.setup;
       if (setup) yield setup(view, this.req, this.res);
     } catch (e) {
+      if (hold) this.rt.limits.release(hold);
       return this.setupFailed(ch, e);
     }
-    return this.setupDone(ch, group, view, keyIndex);
+    return this.setupDone(ch, group, view, keyIndex, hold ?? undefined);
   }
 
-  private setupDone(ch: RegisteredChannel, group: string, view: Channel, keyIndex: number | undefined): true {
+  /** Tokens this request is expected to cost against `tpm` until its usage is reported: body bytes / 4. */
+  private tokenEstimate(): number {
+    const bytes = this.req.rawBody?.length ?? Number(this.req.headers['content-length']);
+    return bytes > 0 ? Math.ceil(bytes / 4) : 0;
+  }
+
+  /** Every usable key of the channel is at a limit: skipped (attempt reason `limit`), no attempt counted. */
+  private channelFull(ch: RegisteredChannel): false {
+    this.limitRefused = true;
+    this.sawFull = true;
+    this.d.attempts.push({ channelId: ch.id, phase: 'setup', reason: 'limit' });
+    this.note(`limit ch=${ch.id}`);
+    return false;
+  }
+
+  /** Channels skipped as full become candidates again (the overflow queue looks again). */
+  forgetFull(): void {
+    const full = new Set(this.d.attempts.filter((a) => a.reason === 'limit').map((a) => a.channelId));
+    const failedOtherwise = new Set(this.d.attempts.filter((a) => a.reason !== 'limit').map((a) => a.channelId));
+    this.d.tried = this.d.tried.filter((id) => !full.has(id) || failedOtherwise.has(id));
+    this.sawFull = false;
+  }
+
+  private setupDone(ch: RegisteredChannel, group: string, view: Channel, keyIndex: number | undefined, hold: Hold | undefined): true {
     const d = this.d;
+    const { limits } = this.rt;
+    if (this.finished) {
+      // the client left while the slot or the setup was awaited: nothing stays held for it
+      if (hold) limits.release(hold);
+    } else {
+      if (this.entered !== ch.id) {
+        if (this.entered !== undefined) limits.leave(this.entered);
+        limits.enter(ch.id);
+        this.entered = ch.id;
+      }
+      if (this.hold !== undefined && this.hold !== hold) limits.release(this.hold);
+      this.hold = hold;
+    }
     this.current = ch;
     this.currentKeyIndex = keyIndex;
     if (this.firstChosen === undefined) {
@@ -220,7 +276,7 @@ export class RequestRun implements RunHandle {
    * Records an upstream failure of the current channel: the attempt, health, and whether the pin
    * must go. Returns undefined when this attempt's failure was already recorded.
    */
-  private async noteFailure(cur: RegisteredChannel, failure: RetryFailure): Promise<{ status?: number; retryable: boolean } | undefined> {
+  private async noteFailure(cur: RegisteredChannel, failure: RetryFailure): Promise<{ status?: number; retryable: boolean; rotated: boolean } | undefined> {
     if (this.toldFailure) return undefined;
     const status = typeof failure.status === 'number' ? failure.status : undefined;
     const reason = failure.error !== undefined ? this.redact(errorText(failure.error, 'upstream failed'), cur).slice(0, 200) : undefined;
@@ -230,8 +286,22 @@ export class RequestRun implements RunHandle {
     this.groupUpstream++;
     const retryable = isRetryable(this.rt.cfg.retry.statusTable, status);
     if (retryable && this.d.affinity?.used && cur.id === this.pinnedId) this.pinFailed = true;
+    const rotated = this.coolKey(cur, status, failure.retryAfterMs);
     await this.rt.health.recordFailure(cur, this.currentKeyIndex, { ...failure, status }, () => callerTextOf(this.req));
-    return { status, retryable };
+    return { status, retryable, rotated };
+  }
+
+  /**
+   * `retry.rotateKey`: a 429 or 401 from one key of a multi-key channel cools that key (for the
+   * Retry-After, else the cooldown duration, else 30 s; at most 10 min). True when it did.
+   */
+  private coolKey(cur: RegisteredChannel, status: number | undefined, retryAfterMs: number | undefined): boolean {
+    const k = this.currentKeyIndex;
+    if (!this.rt.cfg.retry.rotateKey || (status !== 429 && status !== 401) || k === undefined || cur.keys.length < 2) return false;
+    const given = typeof retryAfterMs === 'number' && retryAfterMs > 0 ? retryAfterMs : undefined;
+    const ms = Math.min(given ?? this.rt.cfg.health.cooldown?.durationMs ?? 30_000, 600_000);
+    this.rt.health.coolKey(cur, k, ms);
+    return true;
   }
 
   /**
@@ -264,7 +334,7 @@ export class RequestRun implements RunHandle {
     const noted = await this.noteFailure(cur, failure);
     // already reported (a second retry() or fail() for the same attempt): same answer, no new record
     if (!noted) return this.d.stopReason ? null : this.stop('no_channel', failure.status);
-    const { status, retryable } = noted;
+    const { status, retryable, rotated } = noted;
     const refused = retryRefusal({
       specific: this.specific,
       retryable,
@@ -284,8 +354,12 @@ export class RequestRun implements RunHandle {
     }
     const groups = retryGroups(this.d.group, this.groups, this.d.selectedGroup, this.ctx);
     const from = cur.id;
+    // retry.rotateKey: another key of the same channel first (the channel stays in `tried` once)
+    let ok = rotated && this.rt.keys.hasOther(cur, this.currentKeyIndex as number, this.rt.health.keySkip(cur.id)) &&
+      await driveToPromise(this.trySetup(cur, this.d.selectedGroup));
+    if (ok) this.note(`rotate_key ch=${cur.id} key=${this.currentKeyIndex}`);
     // Setup failures here are bounded by the channel count (each channel is tried once).
-    let ok = await driveToPromise(selectWithFallback(this, Number.MAX_SAFE_INTEGER, 'retry', groups, retryStartTier(this.rt, this.groupUpstream)));
+    if (!ok) ok = await driveToPromise(selectWithFallback(this, Number.MAX_SAFE_INTEGER, 'retry', groups, retryStartTier(this.rt, this.groupUpstream)));
     if (!ok && mayWaitForRetryAfter(cfg, failure.retryAfterMs, () => this.stillServes(cur))) {
       // the wait ends early when the client goes away (finalize wakes it)
       await new Promise<void>((resolve) => {
@@ -330,6 +404,7 @@ export class RequestRun implements RunHandle {
     // once per request: the answer that served is reported once, however the relay retried
     if (!cur || !usage || this.usageReported) return;
     this.usageReported = true;
+    if (this.hold !== undefined && cur.limits?.tpm) this.rt.limits.correctTokens(this.hold, (usage.inputTokens ?? 0) + (usage.outputTokens ?? 0));
     const info = this.d.affinity;
     const label: AffinityLabel = info ? (info.used && cur.id === this.pinnedId ? 'hit' : 'miss') : 'none';
     this.rt.usage.usage(this.match?.rule, label, usage);
@@ -355,10 +430,12 @@ export class RequestRun implements RunHandle {
       this.clientGone = true;
       this.abort?.abort(clientGoneReason());
     }
-    const { counters, cfg, guard, health } = this.rt;
+    const { counters, cfg, guard, health, limits } = this.rt;
     counters.active--;
     if (this.retrying) counters.retrying--;
     this.wake?.();
+    if (this.hold !== undefined) limits.release(this.hold);
+    if (this.entered !== undefined) limits.leave(this.entered);
     const cur = this.current;
     if (!cur) return;
     const status = this.res.statusCode;
@@ -381,6 +458,7 @@ export class RequestRun implements RunHandle {
     const action = decidePin({
       success, hit: info.hit, used: info.used, cleared: info.cleared, pinFailed: this.pinFailed,
       servedPinned: this.servesPin(cur), provisional: this.provisional, reserved: this.reservedValue !== undefined,
+      saturated: info.stale === 'saturated',
     }, cfg.affinity);
     if (action === 'clear') {
       const pinned = this.pinnedValue as string;

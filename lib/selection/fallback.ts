@@ -16,6 +16,10 @@ export interface SelectingRun {
   readonly model: string;
   readonly d: { readonly tried: readonly number[] };
   lastGroup?: string;
+  /** The last trySetup found its channel at its limits (that costs no attempt). */
+  readonly limitRefused: boolean;
+  /** A channel was passed over as full (selection.overflow applies). */
+  sawFull: boolean;
   trySetup(ch: RegisteredChannel, group: string): Steps<boolean>;
   note(step: string): void;
   observedChannel(): Channel;
@@ -27,6 +31,7 @@ export function* selectWithFallback(run: SelectingRun, attempts: number, reason:
   for (let n = 0; n < attempts; n++) {
     const next = nextChannel(rt, run.model, run.d.tried, groups, startTier);
     if (next.lastGroup !== undefined) run.lastGroup = next.lastGroup;
+    if (next.full) run.sawFull = true;
     if (next.ch === undefined) return false;
     if (yield* run.trySetup(next.ch, next.group as string)) {
       // a first pick that only succeeded after a setup failure (or a stale pin) is a fallback
@@ -35,6 +40,8 @@ export function* selectWithFallback(run: SelectingRun, attempts: number, reason:
       if (rt.cfg.on.select) callHook(rt.cfg, 'select', { req: run.req, channel: run.observedChannel(), group: next.group as string, model: run.model, reason: why });
       return true;
     }
+    // a channel found at its limits is excluded from here on (tried), so this ends
+    if (run.limitRefused) n--;
   }
   return false;
 }

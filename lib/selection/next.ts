@@ -13,24 +13,36 @@ export interface NextChannel {
   group?: string;
   /** The last group looked at (named in the 503 of an `auto` request). */
   lastGroup?: string;
+  /** A channel was passed over because it is known to be at its limits (selection.overflow applies). */
+  full?: boolean;
 }
 
 /**
- * The next eligible channel over `groups`. `startTier` applies to the first (current) group; a
- * group moved on to starts at its top tier.
+ * The next eligible channel over `groups`: not tried, not cooling or ejected, not known to be at
+ * its limits, chosen inside its tier by `selection.strategy`. `startTier` applies to the first
+ * (current) group; a group moved on to starts at its top tier.
  */
 export function nextChannel(rt: Runtime, model: string, tried: readonly number[], groups: readonly string[], startTier = 0): NextChannel {
-  const { registry, health, cfg } = rt;
+  const { registry, health, cfg, limits } = rt;
   const now = Date.now();
-  const eligible = (id: number) => !tried.includes(id) && !health.isCooling(id, now);
+  let full = false;
+  const eligible = (id: number) => {
+    if (tried.includes(id) || health.unavailable(id, now)) return false;
+    if (limits.isFull(id, now)) {
+      full = true;
+      return false;
+    }
+    return true;
+  };
+  const pick = rt.pickFor(model);
   let lastGroup: string | undefined;
   for (let i = 0; i < groups.length; i++) {
     const g = groups[i];
     lastGroup = g;
-    const ch = selectChannel(registry.tiers(g, model), eligible, cfg.random, cfg.retry.tierStrategy, i === 0 ? startTier : 0);
-    if (ch !== undefined) return { ch, group: g, lastGroup };
+    const ch = selectChannel(registry.tiers(g, model), eligible, cfg.random, cfg.retry.tierStrategy, i === 0 ? startTier : 0, pick);
+    if (ch !== undefined) return { ch, group: g, lastGroup, full };
   }
-  return { lastGroup };
+  return { lastGroup, full };
 }
 
 /**

@@ -66,24 +66,25 @@ export function selectChannel(
   random: () => number,
   strategy: TierStrategy = 'restart',
   startTier = 0,
+  pickIn: (tier: Tier, eligible: Eligible, random: () => number) => RegisteredChannel | undefined = pickFromTier,
 ): RegisteredChannel | undefined {
   if (!tiers || tiers.length === 0) return undefined;
   // `!== undefined`, not truthiness, below: a truthiness test reads the channel object's map, a
   // cache miss per pick on a large tier that the pick itself does not need (the caller reads it).
   if (strategy === 'restart' || startTier <= 0) {
     for (const tier of tiers) {
-      const ch = pickFromTier(tier, eligible, random);
+      const ch = pickIn(tier, eligible, random);
       if (ch !== undefined) return ch;
     }
     return undefined;
   }
   const start = Math.min(startTier, tiers.length - 1);
   for (let t = start; t < tiers.length; t++) {
-    const ch = pickFromTier(tiers[t], eligible, random);
+    const ch = pickIn(tiers[t], eligible, random);
     if (ch !== undefined) return ch;
   }
   for (let t = start - 1; t >= 0; t--) {
-    const ch = pickFromTier(tiers[t], eligible, random);
+    const ch = pickIn(tiers[t], eligible, random);
     if (ch !== undefined) return ch;
   }
   return undefined;

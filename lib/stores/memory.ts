@@ -11,7 +11,8 @@ import { performance } from 'node:perf_hooks';
 import { integerAtLeast, nonNegativeNumber } from '../check';
 import { DistributorError } from '../errors';
 import type { ChannelStatus } from '../types';
-import type { CooldownPolicy, HealthSnapshot, Store, StoreEvent } from './store';
+import { SlotCounter } from './slots';
+import type { CooldownPolicy, HealthMark, HealthSnapshot, SlotReply, SlotRequest, Store, StoreEvent } from './store';
 
 export interface MemoryStoreOptions {
   /** Key prefix (kept for symmetry with RedisStore and for validations). Default `'ecd:'`. */
@@ -92,6 +93,8 @@ export class MemoryStore implements Store {
   private statuses = new Map<number, ChannelStatus>();
   private keys = new Map<number, number[]>();
   private events = new EventEmitter();
+  private marks = new Map<string, HealthMark>();
+  private slots = new SlotCounter();
 
   constructor(options: MemoryStoreOptions = {}) {
     this.prefix = options.prefix ?? 'ecd:';
@@ -215,7 +218,41 @@ export class MemoryStore implements Store {
       cooldowns,
       statuses: Object.fromEntries(this.statuses),
       disabledKeys: Object.fromEntries([...this.keys].map(([k, v]) => [k, [...v]])),
+      marks: [...this.marks.values()].map((m) => ({ ...m })),
     };
+  }
+
+  async setMark(mark: HealthMark): Promise<void> {
+    // ejection marks outlive their end (the next ejection's length grows from their count)
+    this.marks.set(`${mark.kind}:${mark.channelId}:${mark.keyIndex ?? ''}`, { ...mark });
+    this.emit({ type: 'mark', ...mark });
+  }
+
+  // ---- limits (this process only; RedisStore shares them) ------------------------------------
+
+  async acquireSlot(req: SlotRequest): Promise<SlotReply> {
+    return this.slots.acquire(req);
+  }
+
+  acquireSlotSync(req: SlotRequest): SlotReply {
+    return this.slots.acquire(req);
+  }
+
+  async releaseSlot(key: string, lease: string): Promise<void> {
+    this.slots.release(key, lease);
+  }
+
+  async renewSlots(holds: ReadonlyArray<{ key: string; lease: string }>, until: number): Promise<void> {
+    this.slots.renew(holds, until);
+  }
+
+  async addTokens(key: string, at: number, tokens: number): Promise<void> {
+    this.slots.addTokens(key, at, tokens);
+  }
+
+  /** Live concurrency holds under a limit key (tests, admin). */
+  holding(key: string): number {
+    return this.slots.holding(key);
   }
 
   subscribe(listener: (event: StoreEvent) => void): () => void {

@@ -128,9 +128,97 @@ export const SET_OVERRIDE = script('setOverride', `
 `);
 
 /**
- * KEYS[1] cooldowns, KEYS[2] statuses, KEYS[3] disabled keys. Read-only.
- * Returns three flat field/value arrays (Lua tables, so arrays under RESP2 and RESP3 alike).
+ * KEYS[1] cooldowns, KEYS[2] statuses, KEYS[3] disabled keys, KEYS[4] marks. Read-only.
+ * Returns four flat field/value arrays (Lua tables, so arrays under RESP2 and RESP3 alike).
  */
 export const LOAD_HEALTH = script('loadHealth', `
-  return { redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]), redis.call('HGETALL', KEYS[3]) }
+  local marks = {}
+  if KEYS[4] then marks = redis.call('HGETALL', KEYS[4]) end
+  return { redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]), redis.call('HGETALL', KEYS[3]), marks }
+`);
+
+/** KEYS[1] marks hash (`<kind>:<id>:<key>` -> JSON mark); ARGV: field, JSON mark, events channel, event JSON. */
+export const SET_MARK = script('setMark', `
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('PUBLISH', ARGV[3], ARGV[4])
+  return 1
+`);
+
+/**
+ * Takes a slot under a channel's limits (lib/stores/slots.ts has the same rules in process).
+ * KEYS: three per candidate key of one channel, all hash-tagged by the channel (one slot):
+ * concurrency holds (zset lease -> hold end), request times (zset lease -> time), token buckets
+ * (hash second -> tokens). ARGV: now, rpm, tpm, maxConcurrency, tokens, lease, hold end, window ms,
+ * concurrency retry ms (0 = limit off). Returns {index, usage x 1000} for the first candidate with
+ * room (counted), or {-1, ms until one may have room}.
+ */
+export const ACQUIRE_SLOT = script('acquireSlot', `
+  local now = tonumber(ARGV[1])
+  local rpm = tonumber(ARGV[2])
+  local tpm = tonumber(ARGV[3])
+  local maxc = tonumber(ARGV[4])
+  local tokens = tonumber(ARGV[5])
+  local lease = ARGV[6]
+  local holdEnd = tonumber(ARGV[7])
+  local W = tonumber(ARGV[8])
+  local best = -1
+  for i = 1, #KEYS, 3 do
+    local c, r, t = KEYS[i], KEYS[i + 1], KEYS[i + 2]
+    local wait = 0
+    local use = 0
+    if maxc > 0 then
+      redis.call('ZREMRANGEBYSCORE', c, '-inf', now)
+      local n = redis.call('ZCARD', c)
+      if n >= maxc then wait = tonumber(ARGV[9]) end
+      use = math.max(use, (n + 1) / maxc)
+    end
+    if rpm > 0 then
+      redis.call('ZREMRANGEBYSCORE', r, '-inf', now - W)
+      local n = redis.call('ZCARD', r)
+      if n >= rpm then
+        local o = redis.call('ZRANGE', r, 0, 0, 'WITHSCORES')
+        wait = math.max(wait, tonumber(o[2]) + W - now)
+      end
+      use = math.max(use, (n + 1) / rpm)
+    end
+    if tpm > 0 then
+      local h = redis.call('HGETALL', t)
+      local sum = 0
+      local oldest = nil
+      for j = 1, #h, 2 do
+        local sec = tonumber(h[j])
+        if (sec + 1) * 1000 + W <= now then
+          redis.call('HDEL', t, h[j])
+        else
+          sum = sum + tonumber(h[j + 1])
+          if oldest == nil or sec < oldest then oldest = sec end
+        end
+      end
+      if sum > 0 and sum + tokens > tpm then wait = math.max(wait, (oldest + 1) * 1000 + W - now) end
+      use = math.max(use, (sum + tokens) / tpm)
+    end
+    if wait == 0 then
+      if maxc > 0 then
+        redis.call('ZADD', c, holdEnd, lease)
+        redis.call('PEXPIRE', c, holdEnd - now + W)
+      end
+      if rpm > 0 then
+        redis.call('ZADD', r, now, lease)
+        redis.call('PEXPIRE', r, W + 1000)
+      end
+      if tpm > 0 then
+        redis.call('HINCRBY', t, math.floor(now / 1000), tokens)
+        redis.call('PEXPIRE', t, W + 2000)
+      end
+      return { (i - 1) / 3, math.floor(math.min(use, 1) * 1000) }
+    end
+    if best < 0 or wait < best then best = wait end
+  end
+  return { -1, math.ceil(best) }
+`);
+
+/** KEYS[1] token buckets; ARGV: second, tokens. Corrects a live bucket (never recreates an expired one). */
+export const ADD_TOKENS = script('addTokens', `
+  if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2]) end
+  return 0
 `);

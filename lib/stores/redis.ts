@@ -11,9 +11,10 @@ import {
   errorMessage, isErrorReply, isNoScript, replyArray, replyInt, replyPairs, replyPin, replyScan, replyText,
 } from './redis-reply';
 import {
-  CLEAR_COOLDOWN, CLEAR_PIN, GET_PIN, LOAD_HEALTH, RECORD_FAILURE, RESERVE_PIN, SET_OVERRIDE, SET_PIN, type LuaScript,
+  CLEAR_COOLDOWN, CLEAR_PIN, GET_PIN, LOAD_HEALTH, RECORD_FAILURE, RESERVE_PIN, SET_OVERRIDE, SET_PIN, ACQUIRE_SLOT, ADD_TOKENS, SET_MARK, type LuaScript,
 } from './redis-scripts';
-import type { CooldownPolicy, HealthSnapshot, Store, StoreEvent } from './store';
+import { CONCURRENCY_RETRY_MS, LIMIT_WINDOW_MS } from './slots';
+import type { CooldownPolicy, HealthMark, HealthSnapshot, SlotReply, SlotRequest, Store, StoreEvent } from './store';
 
 /** Sends one raw command, e.g. `['SET', 'k', 'v', 'PX', '1000']`. */
 export type RedisSendCommand = (args: string[]) => Promise<unknown>;
@@ -159,7 +160,7 @@ export class RedisStore implements Store {
   private readonly send: Sender;
   private readonly scanNodes: () => Promise<RedisSendCommand[]>;
   private readonly channel: string;
-  private readonly health: { fail: string; cool: string; status: string; keys: string };
+  private readonly health: { fail: string; cool: string; status: string; keys: string; marks: string };
   private readonly onError?: (error: Error, operation: string) => void;
   /** Epoch ms until which calls fail fast; 0 while Redis is healthy. */
   private openUntil = 0;
@@ -209,7 +210,7 @@ export class RedisStore implements Store {
 
     this.channel = `${prefix}events`;
     const h = `${prefix}{health}:`;
-    this.health = { fail: `${h}fail`, cool: `${h}cool`, status: `${h}status`, keys: `${h}keys` };
+    this.health = { fail: `${h}fail`, cool: `${h}cool`, status: `${h}status`, keys: `${h}keys`, marks: `${h}marks` };
 
     const { subscriber } = options;
     if (subscriber !== undefined && subscriber !== null) {
@@ -323,10 +324,17 @@ export class RedisStore implements Store {
 
   async loadHealth(): Promise<HealthSnapshot> {
     const reply = await this.guarded('loadHealth', () =>
-      this.evalScript(LOAD_HEALTH, [this.health.cool, this.health.status, this.health.keys], []));
-    const [cool, status, keys] = replyArray(reply);
+      this.evalScript(LOAD_HEALTH, [this.health.cool, this.health.status, this.health.keys, this.health.marks], []));
+    const [cool, status, keys, marks] = replyArray(reply);
     const now = Date.now();
-    const snap: HealthSnapshot = { cooldowns: {}, statuses: {}, disabledKeys: {} };
+    const snap: HealthSnapshot = { cooldowns: {}, statuses: {}, disabledKeys: {}, marks: [] };
+    for (const [, v] of replyPairs(marks ?? [])) {
+      const e = parseEvent(v);
+      if (e?.type === 'mark') {
+        const { type: _t, ...mark } = e;
+        snap.marks?.push(mark);
+      }
+    }
     for (const [id, v] of replyPairs(cool)) {
       const until = Number(v);
       if (Number.isFinite(until) && until > now) snap.cooldowns[Number(id)] = until;
@@ -340,6 +348,52 @@ export class RedisStore implements Store {
       if (list.length) snap.disabledKeys[Number(id)] = list;
     }
     return snap;
+  }
+
+  /** Records an ejection or a cooling key in the `{health}` hash and publishes it. */
+  async setMark(mark: HealthMark): Promise<void> {
+    const json = JSON.stringify({ type: 'mark', ...mark } satisfies StoreEvent);
+    const field = `${mark.kind}:${mark.channelId}:${mark.keyIndex ?? ''}`;
+    await this.guarded('setMark', () => this.evalScript(SET_MARK, [this.health.marks], [field, json, this.channel, json]));
+  }
+
+  // ---- limits (one channel's keys share a hash tag: one slot, one script) --------------------
+
+  /** One script for every candidate key of a channel: shared by all instances, atomic. */
+  async acquireSlot(r: SlotRequest): Promise<SlotReply> {
+    const keys: string[] = [];
+    for (const k of r.keys) {
+      const base = this.prefix + k;
+      keys.push(`${base}:c`, `${base}:r`, `${base}:t`);
+    }
+    const reply = await this.guarded('acquireSlot', () => this.evalScript(ACQUIRE_SLOT, keys, [
+      String(Math.floor(r.now)), String(r.rpm), String(r.tpm), String(r.maxConcurrency), String(Math.max(0, Math.floor(r.tokens))),
+      r.lease, String(Math.floor(r.now + r.leaseMs)), String(LIMIT_WINDOW_MS), String(CONCURRENCY_RETRY_MS),
+    ]));
+    const [a, b] = replyArray(reply).map((x) => replyInt(x) ?? -1);
+    if (!(a >= 0)) return { index: -1, retryAfterMs: Math.max(1, b) };
+    return { index: a, usage: Math.max(0, Math.min(1, b / 1000)) };
+  }
+
+  async releaseSlot(key: string, lease: string): Promise<void> {
+    const k = `${this.prefix}${key}:c`;
+    await this.guarded('releaseSlot', () => this.send(['ZREM', k, lease], k, false));
+  }
+
+  async renewSlots(holds: ReadonlyArray<{ key: string; lease: string }>, until: number): Promise<void> {
+    const byKey = new Map<string, string[]>();
+    for (const h of holds) {
+      const k = `${this.prefix}${h.key}:c`;
+      let args = byKey.get(k);
+      if (!args) byKey.set(k, (args = ['ZADD', k, 'XX']));
+      args.push(String(Math.floor(until)), h.lease);
+    }
+    await Promise.all([...byKey].map(([k, args]) => this.guarded('renewSlots', () => this.send(args, k, false))));
+  }
+
+  async addTokens(key: string, at: number, tokens: number): Promise<void> {
+    const k = `${this.prefix}${key}:t`;
+    await this.guarded('addTokens', () => this.evalScript(ADD_TOKENS, [k], [String(Math.floor(at / 1000)), String(Math.trunc(tokens))]));
   }
 
   // ---- admin (SCAN every master; never in the request path) -----------------------------------
@@ -621,6 +675,16 @@ export function parseEvent(message: unknown): StoreEvent | null {
       return Array.isArray(e.disabledKeys) && e.disabledKeys.every((k) => Number.isInteger(k))
         ? { type: 'keys', channelId, disabledKeys: e.disabledKeys as number[] }
         : null;
+    case 'mark': {
+      if ((e.kind !== 'eject' && e.kind !== 'key') || typeof e.until !== 'number' || !Number.isFinite(e.until)) return null;
+      const mark: StoreEvent = { type: 'mark', kind: e.kind, channelId, until: e.until };
+      if (e.kind === 'key') {
+        if (typeof e.keyIndex !== 'number' || !Number.isInteger(e.keyIndex) || e.keyIndex < 0) return null;
+        mark.keyIndex = e.keyIndex;
+      }
+      if (typeof e.count === 'number' && Number.isInteger(e.count) && e.count > 0) mark.count = e.count;
+      return mark;
+    }
     default:
       return null;
   }
