@@ -34,8 +34,8 @@ describe('example gateway, channels.json with built-in mocks', () => {
     gw = await startGateway({ port: 0, env: {} });
     toStop.push(() => gw.close());
     expect(gw.url).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
-    expect(Object.keys(gw.mocks).sort()).toEqual(['alpha', 'beta', 'dead', 'flaky', 'rescue']);
-    expect(gw.curls).toHaveLength(5);
+    expect(Object.keys(gw.mocks).sort()).toEqual(['alpha', 'azure', 'beta', 'claude-a', 'claude-b', 'claude-dead', 'dead', 'embed', 'flaky', 'gemini', 'gemini-dead', 'rescue']);
+    expect(gw.curls).toHaveLength(9); // five OpenAI-side lines, then Anthropic, Gemini, embeddings, Azure
     const h = await request(`${gw.url}/healthz`, { dispatcher: client });
     expect(h.statusCode).toBe(200);
     expect(await h.body.json()).toEqual({ status: 'ok' });
@@ -185,7 +185,7 @@ describe('example gateway, env channels (as the bench harness starts it)', () =>
 });
 
 describe('npm start (child process)', () => {
-  test('prints the URL and five curl lines, serves them, and exits cleanly on SIGTERM', async () => {
+  test('prints the URL and nine curl lines (one per protocol among them), serves them, and exits cleanly on SIGTERM', async () => {
     const root = path.join(__dirname, '..');
     const child = spawn(process.execPath, ['--import', 'tsx', path.join(root, 'examples', 'gateway', 'server.ts')], {
       cwd: root,
@@ -203,7 +203,10 @@ describe('npm start (child process)', () => {
       const url = /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(out)?.[1];
       expect(url).toBeDefined();
       const curls = out.split('\n').map((l) => l.trim()).filter((l) => l.startsWith('curl '));
-      expect(curls).toHaveLength(5);
+      expect(curls).toHaveLength(9);
+      expect(curls[5]).toContain('/v1/messages');
+      expect(curls[6]).toContain(':generateContent');
+      expect(curls[7]).toContain('/v1/embeddings');
       expect(curls[1]).toContain('prompt_cache_key');
       expect(curls[2]).toContain('sk-demo-failover');
       expect(curls[3]).toContain('/admin/distributor/affinity');

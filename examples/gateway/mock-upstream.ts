@@ -1,26 +1,42 @@
-// A built-in OpenAI-compatible mock upstream (one "channel"), started in-process on a free
-// loopback port. Plain node:http, no network beyond 127.0.0.1. Used by the example gateway and by
+// A built-in mock upstream (one "channel"), started in-process on a free loopback port, speaking
+// one provider protocol (`protocol`: OpenAI by default, Azure OpenAI, Anthropic or Gemini; see
+// ./mock-protocols.ts). Plain node:http, no network beyond 127.0.0.1. Used by the example gateway and by
 // the relay tests; it can also run alone:
 //
-//   PORT=18001 MOCK_NAME=ch1 npx tsx examples/gateway/mock-upstream.ts
+//   PORT=18001 MOCK_NAME=ch1 [MOCK_PROTOCOL=anthropic] npx tsx examples/gateway/mock-upstream.ts
 //
-// Endpoints:
+// Endpoints (protocol "openai"; the others below):
 //   POST /v1/chat/completions   chat.completion JSON, or SSE chunks ending in `data: [DONE]` with "stream": true
 //                               (a last chunk with `usage` when "stream_options": { "include_usage": true })
 //   POST /v1/responses          a Responses API object, or its SSE events with "stream": true
 //                               (`response.completed` carries the usage)
+//   POST /v1/embeddings         an embeddings list (base64 float32 with "encoding_format": "base64", as the OpenAI SDK asks)
+//   protocol "azure":     POST /openai/deployments/{deployment}/chat/completions | responses | embeddings?api-version=...
+//   protocol "anthropic": POST /v1/messages (a Message, or its SSE events with "stream": true; needs anthropic-version)
+//   protocol "gemini":    POST /v1beta/models/{model}:generateContent | :streamGenerateContent (?alt=sse: SSE, else a JSON array)
 //   GET  /v1/models             the model list
 //   GET  /__stats               counters (the last Authorization is shown masked)
 //   POST /__reset               zero the counters
 //   GET  /                      "ok"
 //
+// With `keys`, every request must carry one of them in the protocol's header (`authorization:
+// Bearer` / `api-key` / `x-api-key` / `x-goog-api-key`) and no other credential (header or
+// `?key=`), else 401 in the provider's error shape; failures use that shape too.
+//
 // Usage and a provider-like prompt cache: prompt tokens ~ request body bytes / 4. The mock
-// remembers, per API key received (Authorization), the sessions it has served (`prompt_cache_key`
-// in the body, else `metadata.user_id`, else the `X-Claude-Code-Session-Id` header): the first
-// request of a session on a key reports `cached_tokens: 0`, a later one on the same key
-// floor(0.9 x prompt tokens). Another mock, or another key, has its own cache (a miss).
+// remembers, per API key received, the sessions it has served (`prompt_cache_key` in the body,
+// else `metadata.user_id`, else the `X-Claude-Code-Session-Id` header; Gemini: the first text
+// part, like its implicit prefix cache): the first request of a session on a key reports 0 cached
+// tokens (Anthropic: a cache write), a later one on the same key floor(0.9 x prompt tokens).
+// Another mock, or another key, has its own cache (a miss).
 import http from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
+import {
+  AUTH_HEADER, anthropicEvents, anthropicMessage, authProblem, embeddingsResponse, errorBody, geminiResponse, geminiStream, routeOf,
+  type MockProtocol, type MockRoute, type ProtocolUsage,
+} from './mock-protocols';
+
+export type { MockProtocol } from './mock-protocols';
 
 /** How the mock misbehaves. Everything is off by default (a healthy, instant upstream). */
 export interface MockBehaviour {
@@ -72,6 +88,14 @@ export interface MockBehaviour {
 }
 
 export interface MockUpstreamOptions extends MockBehaviour {
+  /** The provider protocol spoken (routes, auth header, error shapes). Default 'openai'. */
+  protocol?: MockProtocol;
+  /**
+   * The channel keys accepted. When given, a request without one of them in the protocol's header,
+   * or with any other credential (a caller's `authorization`, `x-api-key`, `api-key`,
+   * `x-goog-api-key`, `?key=`), gets 401 in the provider's shape. Default: no check.
+   */
+  keys?: string[];
   /** Label echoed in the completion text ("Hello from <name>") and in the stats. */
   name?: string;
   /** Default 0 (a free port). */
@@ -96,6 +120,8 @@ export interface MockStats {
   streamed: number;
   cut: number;
   dropped: number;
+  /** Requests answered 401 by the `keys` check. */
+  rejected: number;
   paths: Record<string, number>;
   /** Answers whose connection closed before they finished (the client aborted them). */
   aborted: number;
@@ -123,7 +149,7 @@ export interface MockUpstream {
 const CREATED = 1700000000;
 
 function emptyStats(): MockStats {
-  return { hits: 0, ok: 0, failed: 0, streamed: 0, cut: 0, dropped: 0, paths: {}, aborted: 0 };
+  return { hits: 0, ok: 0, failed: 0, streamed: 0, cut: 0, dropped: 0, rejected: 0, paths: {}, aborted: 0 };
 }
 
 /** The usage of one answer, in the mock's own terms. */
@@ -158,7 +184,11 @@ function sessionOf(req: http.IncomingMessage, parsed: Record<string, unknown>): 
   const meta = parsed.metadata;
   if (meta && typeof meta === 'object' && typeof (meta as { user_id?: unknown }).user_id === 'string') return `uid:${(meta as { user_id: string }).user_id}`;
   const h = req.headers['x-claude-code-session-id'];
-  return typeof h === 'string' && h ? `ccs:${h}` : undefined;
+  if (typeof h === 'string' && h) return `ccs:${h}`;
+  // Gemini: an implicit prefix cache, keyed here by the first text part
+  const contents = parsed.contents;
+  const first = Array.isArray(contents) ? (contents[0] as { parts?: Array<{ text?: unknown }> } | undefined)?.parts?.[0]?.text : undefined;
+  return typeof first === 'string' && first ? `pfx:${first.slice(0, 256)}` : undefined;
 }
 
 function chatJson(name: string, model: string, usage: Record<string, unknown>): string {
@@ -218,6 +248,8 @@ function responseEvents(name: string, model: string, usage: Record<string, unkno
 /** Starts a mock upstream; resolves once it listens. */
 export function startMockUpstream(options: MockUpstreamOptions = {}): Promise<MockUpstream> {
   const host = options.host ?? '127.0.0.1';
+  const protocol: MockProtocol = options.protocol ?? 'openai';
+  const keys = options.keys ? new Set(options.keys) : undefined;
   let behaviour: MockBehaviour = { ...options };
   let name = options.name ?? 'mock';
   const stats = emptyStats();
@@ -229,9 +261,10 @@ export function startMockUpstream(options: MockUpstreamOptions = {}): Promise<Mo
   const timers = new Set<NodeJS.Timeout>();
   // the prompt cache: API key received -> sessions served on it (insertion order: oldest first)
   const cache = new Map<string, Set<string>>();
-  const usageOf = (auth: string, session: string | undefined, bodyBytes: number): MockUsage => {
+  const usageOf = (auth: string, session: string | undefined, bodyBytes: number): MockUsage & { fresh: boolean } => {
     const prompt = Math.max(1, Math.ceil(bodyBytes / 4));
     let cached = 0;
+    let fresh = false;
     if (session !== undefined && behaviour.promptCache !== false) {
       let seen = cache.get(auth);
       if (!seen) {
@@ -242,9 +275,10 @@ export function startMockUpstream(options: MockUpstreamOptions = {}): Promise<Mo
       else {
         if (seen.size >= CACHE_SESSIONS) seen.delete(seen.values().next().value as string);
         seen.add(session);
+        fresh = true;
       }
     }
-    return { prompt, cached, completion: COMPLETION_TOKENS };
+    return { prompt, cached, completion: COMPLETION_TOKENS, fresh };
   };
   // pending delays are dropped on close(), so a stopped mock holds no timers
   const sleep = (ms: number) =>
@@ -264,12 +298,13 @@ export function startMockUpstream(options: MockUpstreamOptions = {}): Promise<Mo
     return Math.floor(n * rate) > Math.floor((n - 1) * rate);
   };
 
-  const handle = async (req: http.IncomingMessage, res: http.ServerResponse, raw: string, path: string) => {
+  const handle = async (req: http.IncomingMessage, res: http.ServerResponse, raw: string, path: string, route: MockRoute) => {
     stats.hits += 1;
     stats.paths[path] = (stats.paths[path] ?? 0) + 1;
     stats.last = { method: req.method ?? '', path: req.url ?? '', headers: req.headers, body: raw };
     const b = behaviour;
-    const auth = req.headers.authorization ?? '';
+    const authHeader = req.headers[AUTH_HEADER[protocol]];
+    const auth = typeof authHeader === 'string' ? authHeader : '';
     const extra: http.OutgoingHttpHeaders = {};
     const token = auth.replace(/^bearer\s+/i, '');
     for (const [k, v] of Object.entries(b.headers ?? {})) extra[k] = v.split('{auth}').join(auth).split('{token_url}').join(encodeURIComponent(token)).split('{token}').join(token);
@@ -285,11 +320,32 @@ export function startMockUpstream(options: MockUpstreamOptions = {}): Promise<Mo
       stats.failed += 1;
       const status = b.failStatus ?? 500;
       const message = (b.failMessage ?? `mock ${name} failure (${status})`).split('{auth}').join(auth);
-      const body = JSON.stringify({ error: { message, type: status === 429 ? 'rate_limit_exceeded' : 'server_error', param: null, code: null } });
+      const body = protocol === 'openai' || protocol === 'azure'
+        ? JSON.stringify({ error: { message, type: status === 429 ? 'rate_limit_exceeded' : 'server_error', param: null, code: null } })
+        : errorBody(protocol, status, message);
       const h: http.OutgoingHttpHeaders = { ...extra, 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) };
       if (b.retryAfter !== undefined) h['retry-after'] = b.retryAfter;
       res.writeHead(status, h);
       res.end(body);
+      return;
+    }
+    const reject = (status: number, message: string) => {
+      const body = errorBody(protocol, status, message);
+      res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
+      res.end(body);
+    };
+    const problem = keys ? authProblem(protocol, req, keys) : undefined;
+    if (problem) {
+      stats.rejected += 1;
+      reject(401, `mock ${name}: ${problem}`);
+      return;
+    }
+    if (protocol === 'azure' && !/[?&]api-version=[^&]/.test(req.url ?? '')) {
+      reject(404, 'Resource not found (api-version query parameter missing)');
+      return;
+    }
+    if (protocol === 'anthropic' && req.headers['anthropic-version'] === undefined) {
+      reject(400, 'anthropic-version: header is required');
       return;
     }
     let parsed: { model?: unknown; stream?: unknown; stream_options?: unknown } = {};
@@ -301,14 +357,21 @@ export function startMockUpstream(options: MockUpstreamOptions = {}): Promise<Mo
         /* answer non-streamed */
       }
     }
-    const model = options.model ?? (typeof parsed.model === 'string' ? parsed.model : 'gpt-4o-mini');
+    const model = options.model ?? route.pathModel ?? (typeof parsed.model === 'string' ? parsed.model : 'gpt-4o-mini');
     okN += 1;
     const cut = b.cutAfterChunks !== undefined && (b.cutFirst === undefined || okN <= b.cutFirst) ? b.cutAfterChunks : undefined;
-    const responses = path === '/v1/responses';
-    const counts = usageOf(auth, sessionOf(req, parsed), Buffer.byteLength(raw));
+    const kind = route.kind;
+    const responses = kind === 'responses';
+    const counts = usageOf(auth, sessionOf(req, parsed as Record<string, unknown>), Buffer.byteLength(raw));
     const usage = b.usageOverride ?? (responses ? responsesUsage(counts) : chatUsage(counts));
-    if (parsed.stream !== true) {
-      const body = Buffer.from(responses ? JSON.stringify(responseObject(name, model, 'completed', usage)) : chatJson(name, model, usage));
+    const native: ProtocolUsage = { ...counts, written: counts.fresh ? Math.floor(0.9 * counts.prompt) : 0 };
+    const streamed = kind === 'gemini-stream' || (kind !== 'gemini' && kind !== 'embeddings' && parsed.stream === true);
+    if (!streamed) {
+      const text = kind === 'messages' ? anthropicMessage(name, model, native)
+        : kind === 'gemini' ? geminiResponse(name, model, native)
+          : kind === 'embeddings' ? embeddingsResponse(model, parsed as Record<string, unknown>, counts.prompt)
+            : responses ? JSON.stringify(responseObject(name, model, 'completed', usage)) : chatJson(name, model, usage);
+      const body = Buffer.from(text);
       res.writeHead(200, { ...extra, 'content-type': 'application/json', 'content-length': body.length });
       if (cut !== undefined) {
         stats.cut += 1;
@@ -322,7 +385,8 @@ export function startMockUpstream(options: MockUpstreamOptions = {}): Promise<Mo
       return;
     }
     stats.streamed += 1;
-    res.writeHead(200, { ...extra, 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache' });
+    const sse = kind !== 'gemini-stream' || /[?&]alt=sse(?:&|$)/.test(req.url ?? '');
+    res.writeHead(200, { ...extra, 'content-type': sse ? 'text/event-stream; charset=utf-8' : 'application/json', 'cache-control': 'no-cache' });
     if (b.streamBytes) {
       const pad = `: ${'x'.repeat(16 * 1024 - 4)}\n\n`;
       for (let sent = 0; sent < b.streamBytes; sent += pad.length) {
@@ -341,7 +405,9 @@ export function startMockUpstream(options: MockUpstreamOptions = {}): Promise<Mo
       }
     }
     const includeUsage = (parsed.stream_options as { include_usage?: unknown } | undefined)?.include_usage === true;
-    const chunks = responses ? responseEvents(name, model, usage) : chatChunks(name, model, includeUsage ? usage : undefined);
+    const chunks = kind === 'messages' ? anthropicEvents(name, model, native)
+      : kind === 'gemini-stream' ? geminiStream(name, model, native, sse)
+        : responses ? responseEvents(name, model, usage) : chatChunks(name, model, includeUsage ? usage : undefined);
     for (let i = 0; i < chunks.length; i++) {
       if (cut !== undefined && i >= cut) {
         stats.cut += 1;
@@ -371,12 +437,13 @@ export function startMockUpstream(options: MockUpstreamOptions = {}): Promise<Mo
     if (requests.length > 100) requests.shift();
     const q = url.indexOf('?');
     const path = q === -1 ? url : url.slice(0, q);
-    if (req.method === 'POST' && (path === '/v1/chat/completions' || path === '/v1/responses')) {
+    const route = req.method === 'POST' ? routeOf(protocol, path) : undefined;
+    if (route) {
       const chunks: Buffer[] = [];
       req.on('data', (d: Buffer) => chunks.push(d));
       req.on('end', () => {
         record.body = Buffer.concat(chunks).toString('utf8');
-        handle(req, res, record.body, path).catch(() => res.destroy());
+        handle(req, res, record.body, path, route).catch(() => res.destroy());
       });
       return;
     }
@@ -406,7 +473,9 @@ export function startMockUpstream(options: MockUpstreamOptions = {}): Promise<Mo
       return;
     }
     res.writeHead(404, { 'content-type': 'application/json' });
-    res.end(JSON.stringify({ error: { message: `mock ${name}: no route ${req.method} ${path}`, type: 'invalid_request_error', code: 'not_found' } }));
+    res.end(protocol === 'openai'
+      ? JSON.stringify({ error: { message: `mock ${name}: no route ${req.method} ${path}`, type: 'invalid_request_error', code: 'not_found' } })
+      : errorBody(protocol, 404, `mock ${name} (${protocol}): no route ${req.method} ${path}`));
   });
   server.keepAliveTimeout = 65_000;
   server.headersTimeout = 66_000;
@@ -481,6 +550,7 @@ if (require.main === module) {
     delayMs: num(env.MOCK_DELAY_MS),
     chunkGapMs: num(env.MOCK_STREAM_GAP_MS),
     cutAfterChunks: num(env.MOCK_CUT_AFTER),
+    protocol: (env.MOCK_PROTOCOL || undefined) as MockProtocol | undefined,
   }).then((m) => {
     console.log(`mock ${m.name} listening on ${m.url}`);
     for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => void m.close().then(() => process.exit(0)));

@@ -1,4 +1,7 @@
 // Example LLM gateway: auth stub (tokens.json) + distributor() + relay(), on the memory store.
+// It serves the OpenAI API (/v1/chat/completions, /v1/responses, /v1/embeddings), Anthropic's
+// /v1/messages and Gemini's /v1beta/models/{model}:generateContent / :streamGenerateContent, in
+// front of mock upstreams of each protocol (OpenAI, Azure, Anthropic, Gemini).
 //
 //   npm start                      # channels.json, with the built-in mock upstreams it starts itself
 //   PORT=8080 npm start
@@ -32,7 +35,7 @@ import { timingSafeEqual } from 'node:crypto';
 import { adminRouter } from '../../lib/entry/admin';
 import { distributorMetrics } from '../../lib/entry/metrics';
 import { relay, type RelayHandler } from '../../lib/entry/relay';
-import { closedPortUrl, startMockUpstream, type MockBehaviour, type MockUpstream } from './mock-upstream';
+import { closedPortUrl, startMockUpstream, type MockBehaviour, type MockProtocol, type MockUpstream } from './mock-upstream';
 
 export interface GatewayOptions {
   /** Default: env PORT, else 3000. 0 picks a free port. */
@@ -51,19 +54,24 @@ export interface Gateway {
   mocks: Record<string, MockUpstream>;
   distributor: DistributorHandler;
   relay: RelayHandler;
-  /** The curl lines printed at start: plain, sticky session, failover, the affinity report, the token metrics. */
+  /**
+   * The curl lines printed at start: plain, sticky session, failover, the affinity report, the
+   * token metrics; then Anthropic Messages, Gemini generateContent, embeddings, and an Azure channel.
+   */
   curls: string[];
   close(): Promise<void>;
 }
 
 interface ChannelsFile {
-  mocks?: Record<string, MockBehaviour & { refuse?: boolean }>;
+  mocks?: Record<string, MockBehaviour & { refuse?: boolean; protocol?: MockProtocol }>;
   channels: ChannelInput[];
 }
 
 type TokenEntry = RequestContext & { name?: string };
 
-const RELAY_PATHS = ['/v1/chat/completions', '/v1/completions', '/v1/responses', '/v1/embeddings'];
+const RELAY_PATHS = ['/v1/chat/completions', '/v1/completions', '/v1/responses', '/v1/embeddings', '/v1/messages'];
+/** Gemini's native paths: `/v1beta/models/{model}:generateContent` and `:streamGenerateContent`. */
+const GEMINI_PATH = /^\/v1beta\/models\/[^/]+:(?:generateContent|streamGenerateContent)$/;
 
 function readJson<T>(file: string): T {
   return JSON.parse(readFileSync(file, 'utf8')) as T;
@@ -71,6 +79,33 @@ function readJson<T>(file: string): T {
 
 function openAiError(res: Response, status: number, message: string, type: string, code: string): void {
   res.status(status).json({ error: { message, type, code } });
+}
+
+/** The gateway's own 401, in the shape of the protocol the caller speaks (by path). */
+function unauthorized(req: Request, res: Response, message: string): void {
+  if (req.path.startsWith('/v1/messages')) res.status(401).json({ type: 'error', error: { type: 'authentication_error', message } });
+  else if (req.path.startsWith('/v1beta/')) res.status(401).json({ error: { code: 401, message, status: 'UNAUTHENTICATED' } });
+  else openAiError(res, 401, message, 'invalid_request_error', 'invalid_api_key');
+}
+
+/**
+ * The caller's gateway token, as each SDK sends its API key: `Authorization: Bearer` (OpenAI),
+ * `x-api-key` (Anthropic), `x-goog-api-key` or `?key=` (Gemini), `api-key` (Azure clients).
+ * relay() never forwards any of them: the upstream gets the channel's key.
+ */
+function callerToken(req: Request): string | undefined {
+  const h = req.headers.authorization;
+  if (h && h.length > 7 && h.slice(0, 7).toLowerCase() === 'bearer ') return h.slice(7).trim();
+  for (const name of ['x-api-key', 'x-goog-api-key', 'api-key']) {
+    const v = req.headers[name];
+    if (typeof v === 'string' && v.trim()) return v.trim();
+  }
+  const q = req.originalUrl.indexOf('?');
+  if (q !== -1) {
+    const key = new URLSearchParams(req.originalUrl.slice(q + 1)).get('key');
+    if (key) return key;
+  }
+  return undefined;
 }
 
 const LOOPBACK = new Set(['127.0.0.1', '::1', '::ffff:127.0.0.1']);
@@ -115,37 +150,53 @@ function channelsFromEnv(env: NodeJS.ProcessEnv): ChannelInput[] {
   ];
 }
 
-/** Starts the mocks named in channels.json and resolves `mock://<name>` base URLs to them. */
+const MOCK_URL = /^mock:\/\/([^/]+)(.*)$/;
+
+/**
+ * Starts the mocks named in channels.json and resolves `mock://<name>` base URLs to them. Each
+ * mock accepts exactly the keys of the channels that point at it, in its protocol's header (401
+ * otherwise), so a relay that sent the caller's credential or the wrong header fails visibly.
+ */
 async function channelsFromFile(file: string, mocks: Record<string, MockUpstream>): Promise<ChannelInput[]> {
   const cfg = readJson<ChannelsFile>(file);
+  const keys = new Map<string, string[]>();
+  for (const c of cfg.channels) {
+    const m = typeof c.baseUrl === 'string' ? MOCK_URL.exec(c.baseUrl) : null;
+    const spec = m ? cfg.mocks?.[m[1]] : undefined;
+    if (!m || !spec || spec.refuse) continue;
+    const type = c.type ?? 'openai';
+    if (type !== (spec.protocol ?? 'openai')) throw new Error(`channel ${c.id}: type "${type}" but mock "${m[1]}" speaks ${spec.protocol ?? 'openai'}`);
+    const list = keys.get(m[1]) ?? [];
+    for (const k of typeof c.key === 'string' ? [c.key] : Array.isArray(c.key) ? c.key : []) list.push(k);
+    keys.set(m[1], list);
+  }
   const urls: Record<string, string> = {};
   for (const [name, spec] of Object.entries(cfg.mocks ?? {})) {
     if (spec.refuse) {
       urls[name] = await closedPortUrl();
       continue;
     }
-    const m = await startMockUpstream({ ...spec, name });
+    const m = await startMockUpstream({ ...spec, name, keys: keys.get(name) ?? [] });
     mocks[name] = m;
     urls[name] = m.url;
   }
   return cfg.channels.map((c) => {
-    const m = typeof c.baseUrl === 'string' ? /^mock:\/\/([^/]+)(.*)$/.exec(c.baseUrl) : null;
+    const m = typeof c.baseUrl === 'string' ? MOCK_URL.exec(c.baseUrl) : null;
     if (!m) return c;
     if (!urls[m[1]]) throw new Error(`channel ${c.id}: no mock named "${m[1]}" in ${path.basename(file)}`);
     return { ...c, baseUrl: urls[m[1]] + m[2] };
   });
 }
 
-/** The auth stub: `Authorization: Bearer <token>` from tokens.json -> res.locals.token. */
+/** The auth stub: the caller's token (see callerToken) from tokens.json -> res.locals.token. */
 function authStub(tokensFile: string) {
   const tokens = new Map<string, TokenEntry>(Object.entries(readJson<{ tokens: Record<string, TokenEntry> }>(tokensFile).tokens));
   const fallbackCtx = new Map<string, TokenEntry>();
   return function auth(req: Request, res: Response, next: NextFunction): void {
-    const h = req.headers.authorization;
-    const token = h && h.length > 7 && h.slice(0, 7).toLowerCase() === 'bearer ' ? h.slice(7).trim() : undefined;
+    const token = callerToken(req);
     let ctx = token === undefined ? undefined : tokens.get(token);
     if (!ctx || token === undefined) {
-      openAiError(res, 401, token === undefined ? 'Missing bearer token' : 'Invalid API key', 'invalid_request_error', 'invalid_api_key');
+      unauthorized(req, res, token === undefined ? 'Missing bearer token' : 'Invalid API key');
       return;
     }
     if (req.headers['x-bench-route'] === 'fallback') {
@@ -216,7 +267,9 @@ export async function startGateway(options: GatewayOptions = {}): Promise<Gatewa
     res.json({ object: 'list', data: [...ids].sort().map((id) => ({ id, object: 'model', created: 0, owned_by: 'gateway' })) });
   });
   app.use('/v1', auth, mw);
+  app.use('/v1beta', auth, mw);
   app.post(RELAY_PATHS, fwd);
+  app.post(GEMINI_PATH, fwd);
   app.use((_req: Request, res: Response) => openAiError(res, 404, 'Not found', 'invalid_request_error', 'not_found'));
 
   let server: Server;
@@ -243,6 +296,11 @@ export async function startGateway(options: GatewayOptions = {}): Promise<Gatewa
     `curl -si ${url}/v1/chat/completions -H 'Authorization: Bearer sk-demo-failover' ${json} -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello!"}]}'`,
     `curl -s ${url}/admin/distributor/affinity${env.ADMIN_TOKEN ? ` -H 'Authorization: Bearer ${env.ADMIN_TOKEN}'` : ''}`,
     `curl -s ${url}/metrics | grep '^distributor_tokens_total'`,
+    // native protocols: Anthropic Messages, Gemini, embeddings, an Azure channel behind the OpenAI API
+    `curl -s ${url}/v1/messages -H 'x-api-key: sk-demo-alice' -H 'anthropic-version: 2023-06-01' ${json} -d '{"model":"claude-sonnet-4","max_tokens":64,"messages":[{"role":"user","content":"Hello!"}]}'`,
+    `curl -s ${url}/v1beta/models/gemini-2.5-flash:generateContent -H 'x-goog-api-key: sk-demo-alice' ${json} -d '{"contents":[{"role":"user","parts":[{"text":"Hello!"}]}]}'`,
+    `curl -s ${url}/v1/embeddings -H 'Authorization: Bearer sk-demo-alice' ${json} -d '{"model":"text-embedding-3-small","input":"Hello!"}'`,
+    `curl -s ${url}/v1/chat/completions -H 'Authorization: Bearer sk-demo-alice' ${json} -d '{"model":"gpt-4.1","messages":[{"role":"user","content":"Hello!"}]}'`,
   ];
 
   let closing: Promise<void> | undefined;
@@ -277,6 +335,14 @@ function banner(gw: Gateway, fromEnv: boolean): string {
   lines.push(`  ${gw.curls[3]}`);
   lines.push('  # the same as Prometheus counters: tokens by rule, channel, kind (input|cached|output|cache_write), affinity (hit|miss|none)');
   lines.push(`  ${gw.curls[4]}`);
+  lines.push('  # Anthropic Messages (/v1/messages; the SDK\'s x-api-key is your gateway token; Claude Code sessions stick by X-Claude-Code-Session-Id)');
+  lines.push(`  ${gw.curls[5]}`);
+  lines.push('  # Gemini (/v1beta/models/{model}:generateContent, :streamGenerateContent?alt=sse; x-goog-api-key or ?key=)');
+  lines.push(`  ${gw.curls[6]}`);
+  lines.push('  # embeddings (/v1/embeddings)');
+  lines.push(`  ${gw.curls[7]}`);
+  lines.push('  # an Azure channel behind the OpenAI API: gpt-4.1 maps to deployment gpt41-prod, api-key header, api-version query');
+  lines.push(`  ${gw.curls[8]}`);
   return lines.join('\n');
 }
 
