@@ -193,7 +193,8 @@ export class RequestRun implements RunHandle {
 
   /** Tokens this request is expected to cost against `tpm` until its usage is reported: body bytes / 4. */
   private tokenEstimate(): number {
-    const bytes = this.req.rawBody?.length ?? Number(this.req.headers['content-length']);
+    // the bytes read, else the declared length (bounded by the body limit: a header is only a claim)
+    const bytes = this.req.rawBody?.length ?? Math.min(Number(this.req.headers['content-length']), this.rt.cfg.bodyLimit);
     return bytes > 0 ? Math.ceil(bytes / 4) : 0;
   }
 
@@ -434,7 +435,12 @@ export class RequestRun implements RunHandle {
     counters.active--;
     if (this.retrying) counters.retrying--;
     this.wake?.();
-    if (this.hold !== undefined) limits.release(this.hold);
+    if (this.hold !== undefined) {
+      limits.release(this.hold);
+      // a failed answer without a usage report consumed no tokens we know of: its estimate goes
+      const ok = finished && this.res.statusCode < 400 && !this.toldFailure;
+      if (!ok && !this.usageReported && this.current?.limits?.tpm) limits.correctTokens(this.hold, 0);
+    }
     if (this.entered !== undefined) limits.leave(this.entered);
     const cur = this.current;
     if (!cur) return;
