@@ -153,6 +153,60 @@ describe('key-level pins', () => {
     expect(after).toMatchObject({ channel: 1, keyIndex: moved.keyIndex, affinity: { used: true, keyIndex: moved.keyIndex } });
   });
 
+  test('a cooling key (a 429 from it, retry.rotateKey) moves the pin to another key of the same channel; the channel pin is not stale', async () => {
+    const store = new MemoryStore();
+    stops.push(() => store.shutdown());
+    const mw = distributor({ logger: memoryLogger(), channels: THREE_KEYS, context, store });
+    const app = express();
+    app.use(express.json());
+    app.use(mw);
+    // the "upstream": key `x-429-key` answers 429 (with a Retry-After of 60 s), every other key 200
+    app.use(async (req, res) => {
+      const d = res.locals.distribution;
+      if (d && String(res.locals.channel?.keyIndex) === req.headers['x-429-key']) await d.retry({ status: 429, retryAfterMs: 60_000 });
+      res.json({ channel: res.locals.channel?.id, keyIndex: res.locals.channel?.keyIndex ?? null, affinity: d?.affinity ?? null, tried: d?.tried, trace: d?.trace });
+    });
+    const server: Server = await new Promise((resolve) => {
+      const s2 = app.listen(0, '127.0.0.1', () => resolve(s2));
+    });
+    stops.push(() => mw.shutdown(), () => new Promise<void>((r) => {
+      server.close(() => r());
+      server.closeAllConnections();
+    }));
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    const call = async (failKey?: number) => {
+      const r = await undiciRequest(`${url}/v1/responses`, {
+        method: 'POST', dispatcher: agent,
+        headers: { 'content-type': 'application/json', 'x-token-id': 't', ...(failKey === undefined ? {} : { 'x-429-key': String(failKey) }) },
+        body: JSON.stringify({ model: 'gpt-5', input: 'hi', prompt_cache_key: 'session-cool' }),
+      });
+      return (await r.body.json()) as Served & { tried: number[]; trace: string[] };
+    };
+    const first = await call();
+    const pinnedKey = first.keyIndex as number;
+    await new Promise((r) => setTimeout(r, 10));
+    const [key] = await keysOf(store);
+    expect(await store.getPin(key)).toBe(`1.${pinnedKey}`);
+
+    // the pinned key answers 429. The default rules skip retries on a used pin (skipRetryOnFailure),
+    // so this request stops there; the key cools all the same (Retry-After: 60 s)
+    const failed = await call(pinnedKey);
+    expect(failed).toMatchObject({ channel: 1, keyIndex: pinnedKey, tried: [1] });
+    expect(failed.trace).toContain('stop:skip_rule');
+    expect(mw.health(1)?.coolingKeys[pinnedKey]).toBeGreaterThan(Date.now() + 50_000);
+
+    // the next request of the session: same channel (a hit, not stale), another key, and the pin moves to it
+    const moved = await call();
+    expect(moved.channel).toBe(1);
+    expect(moved.keyIndex).not.toBe(pinnedKey);
+    expect(moved.affinity).toMatchObject({ hit: true, used: true, keyIndex: pinnedKey });
+    expect(moved.affinity?.stale).toBeUndefined();
+    await new Promise((r) => setTimeout(r, 10));
+    expect(await store.getPin(key)).toBe(`1.${moved.keyIndex}`);
+    const after = await call();
+    expect(after).toMatchObject({ channel: 1, keyIndex: moved.keyIndex, affinity: { hit: true, used: true, keyIndex: moved.keyIndex } });
+  });
+
   test('a 0.1 pin (channel only) still serves, and the first success records the key', async () => {
     const store = new MemoryStore();
     stops.push(() => store.shutdown());

@@ -286,8 +286,11 @@ export class RequestRun implements RunHandle {
     this.toldFailure = true;
     this.groupUpstream++;
     const retryable = isRetryable(this.rt.cfg.retry.statusTable, status);
-    if (retryable && this.d.affinity?.used && cur.id === this.pinnedId) this.pinFailed = true;
     const rotated = this.coolKey(cur, status, failure.retryAfterMs);
+    // a key that cools is the key's failure, not the channel's: while another key of the channel
+    // can serve, the channel pin stays (the next request moves it to that key)
+    const keyOnly = rotated && this.rt.keys.hasOther(cur, this.currentKeyIndex as number, this.rt.health.keySkip(cur.id));
+    if (retryable && !keyOnly && this.d.affinity?.used && cur.id === this.pinnedId) this.pinFailed = true;
     await this.rt.health.recordFailure(cur, this.currentKeyIndex, { ...failure, status }, () => callerTextOf(this.req));
     return { status, retryable, rotated };
   }
