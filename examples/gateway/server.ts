@@ -242,7 +242,8 @@ export async function startGateway(options: GatewayOptions = {}): Promise<Gatewa
     health: fromEnv ? {} : { cooldown: {} },
     traceHeader: trace,
   });
-  const fwd = relay();
+  // Claude Code's session header goes upstream too (Anthropic receives it from Claude Code directly; the mocks key their prompt cache by it)
+  const fwd = relay({ forwardHeaders: ['x-claude-code-session-id'] });
 
   const app = express();
   app.disable('x-powered-by');
