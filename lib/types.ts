@@ -368,7 +368,7 @@ export interface ExtractedRequest {
 /** Hooks observe decisions; a throwing hook is logged and never breaks a request. */
 export interface DistributorHooks {
   /** `elapsedMs`: time since the distributor started on this request (for retries it includes the upstream time). */
-  select?(e: { req: Request; channel: Channel; group: string; model: string; reason: 'affinity' | 'select' | 'specific' | 'fallback' | 'retry'; elapsedMs?: number }): void;
+  select?(e: { req: Request; channel: Channel; group: string; model: string; reason: 'affinity' | 'select' | 'specific' | 'fallback' | 'retry' | 'hedge'; elapsedMs?: number }): void;
   affinityHit?(e: { req: Request; rule: string; channelId: number; fingerprint: string }): void;
   affinityMiss?(e: { req: Request; rule: string; fingerprint: string }): void;
   affinityStale?(e: { req: Request; rule: string; channelId: number; reason: StaleReason; cleared: boolean }): void;

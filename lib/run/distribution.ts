@@ -14,6 +14,23 @@ export interface RunHandle {
   fail(failure: RetryFailure): Promise<void>;
   signal(): AbortSignal;
   callerSecrets(): string[];
+  hedge(): Promise<Channel | null>;
+  settleHedge(winner: 'primary' | 'hedge', loserFailure?: RetryFailure): Promise<void>;
+}
+
+/** What relay() needs to hedge a request (`relay({ hedge })`). */
+export interface HedgeControl {
+  /** Another channel for the request while the current one has not answered; null when not allowed. */
+  start(): Promise<Channel | null>;
+  /** The race is decided: the winner is (or stays) the current channel; the loser failed (`loserFailure`) or was aborted. */
+  settle(winner: 'primary' | 'hedge', loserFailure?: RetryFailure): Promise<void>;
+}
+
+/** @internal The hedge calls of a distributor's record (undefined for anything else). */
+export function hedgeControl(d: unknown): HedgeControl | undefined {
+  if (!(d instanceof DistributionRecord)) return undefined;
+  const run = d[RUN];
+  return { start: () => run.hedge(), settle: (winner, loserFailure) => run.settleHedge(winner, loserFailure) };
 }
 
 const RUN: unique symbol = Symbol('express-channel-distributor.run');

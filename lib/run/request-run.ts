@@ -29,6 +29,16 @@ import { TRACE_HEADER, traceHeaderValue } from '../trace';
 import { ChannelStatus, type Channel, type RequestContext, type RetryFailure, type StopReason, type UsageReport } from '../types';
 import { DistributionRecord, type RunHandle } from './distribution';
 
+/** One side of a hedge race: a channel with its key, slot, in-flight count and view. */
+interface Racer {
+  ch: RegisteredChannel;
+  key: number | undefined;
+  hold: Hold | undefined;
+  entered: number | undefined;
+  view: Channel;
+  group: string;
+}
+
 function clientGoneReason(): Error {
   const e = new Error('The client closed the connection before the response finished');
   e.name = 'AbortError';
@@ -68,6 +78,10 @@ export class RequestRun implements RunHandle {
   private hold?: Hold;
   /** The channel counted as in flight for this request. */
   private entered?: number;
+  /** A hedge is being set up or is racing the current channel. */
+  private racing = false;
+  /** The hedge's channel while it races the current one. */
+  private hedgeRacer?: Racer;
   /** The channel the request holds now. */
   current?: RegisteredChannel;
   /** The last group selection looked at (named in the 503 of an `auto` request). */
@@ -299,8 +313,7 @@ export class RequestRun implements RunHandle {
    * `retry.rotateKey`: a 429 or 401 from one key of a multi-key channel cools that key (for the
    * Retry-After, else the cooldown duration, else 30 s; at most 10 min). True when it did.
    */
-  private coolKey(cur: RegisteredChannel, status: number | undefined, retryAfterMs: number | undefined): boolean {
-    const k = this.currentKeyIndex;
+  private coolKey(cur: RegisteredChannel, status: number | undefined, retryAfterMs: number | undefined, k = this.currentKeyIndex): boolean {
     if (!this.rt.cfg.retry.rotateKey || (status !== 429 && status !== 401) || k === undefined || cur.keys.length < 2) return false;
     const given = typeof retryAfterMs === 'number' && retryAfterMs > 0 ? retryAfterMs : undefined;
     const ms = Math.min(given ?? this.rt.cfg.health.cooldown?.durationMs ?? 30_000, 600_000);
@@ -399,6 +412,120 @@ export class RequestRun implements RunHandle {
     return this.groups.some((g) => registry.serves(cur.id, g, this.d.model));
   }
 
+  // ---- hedging (relay({ hedge })) ------------------------------------------------------------
+
+  /**
+   * Starts a hedge: one more channel for the same request while the current one has not answered
+   * (no failure recorded for it). Allowed only while `retry()` would allow one (not a named
+   * channel, no skip rule on a used pin, retries left, the budget). The current channel stays
+   * current until `settleHedge()`; both hold their slots meanwhile. Resolves to the hedge's
+   * channel, or null.
+   */
+  async hedge(): Promise<Channel | null> {
+    const { cfg, counters } = this.rt;
+    const cur = this.current;
+    if (!cur || this.finished || this.racing) return null;
+    const refused = retryRefusal({
+      specific: this.specific, retryable: true, skipRule: !!this.d.affinity?.used && !!this.match?.rule.skipRetryOnFailure, retriesMade: this.upstreamRetries,
+    }, cfg);
+    if (refused) return null;
+    if (!this.retrying) {
+      if (!budgetAllows(cfg, counters)) return null;
+      this.retrying = true;
+      counters.retrying++;
+    }
+    const primary = this.racer();
+    this.racing = true;
+    // the hedge's setup must neither release the primary's slot nor leave its in-flight count
+    this.hold = undefined;
+    this.entered = undefined;
+    let ok = false;
+    try {
+      const groups = retryGroups(this.d.group, this.groups, this.d.selectedGroup, this.ctx);
+      ok = await driveToPromise(selectWithFallback(this, Number.MAX_SAFE_INTEGER, 'hedge', groups, retryStartTier(this.rt, this.groupUpstream)));
+    } catch (e) {
+      this.restore(primary);
+      this.racing = false;
+      throw e;
+    }
+    const other = ok ? this.racer() : undefined;
+    this.restore(primary);
+    if (!other || this.finished) {
+      if (other) this.dropRacer(other);
+      this.racing = false;
+      return null;
+    }
+    this.hedgeRacer = other;
+    this.upstreamRetries++;
+    return other.view;
+  }
+
+  /**
+   * Ends a hedge race: `winner` becomes (or stays) the current channel. The other is released;
+   * with `loserFailure` it failed (recorded like any upstream failure), else it was aborted as
+   * the loser and counts neither way. Only the winner can be pinned.
+   */
+  async settleHedge(winner: 'primary' | 'hedge', loserFailure?: RetryFailure): Promise<void> {
+    const h = this.hedgeRacer;
+    if (!h) return;
+    this.hedgeRacer = undefined;
+    this.racing = false;
+    const primary = this.racer();
+    const loser = winner === 'hedge' ? primary : h;
+    if (winner === 'hedge') {
+      this.restore(h);
+      // the primary answered nothing usable: the hedge is the first channel that served
+      if (this.firstChosen === primary.ch.id) {
+        this.firstChosen = h.ch.id;
+        this.firstKeyIndex = h.key;
+      }
+      if (primary.group !== h.group) this.groupUpstream = 0;
+    }
+    this.dropRacer(loser);
+    if (loserFailure) await this.recordRacerFailure(loser, loserFailure);
+    else {
+      this.d.attempts.push({ channelId: loser.ch.id, phase: 'upstream', reason: 'hedge_lost' });
+      this.note(`hedge_lost ch=${loser.ch.id}`);
+    }
+    if (winner === 'hedge') this.note(`hedge_won ch=${h.ch.id}`);
+  }
+
+  /** A hedge racer's failure: the attempt, health and the pin, as noteFailure does for the current channel. */
+  private async recordRacerFailure(r: Racer, failure: RetryFailure): Promise<void> {
+    const status = typeof failure.status === 'number' ? failure.status : undefined;
+    const reason = failure.error !== undefined ? this.redact(errorText(failure.error, 'upstream failed'), r.ch).slice(0, 200) : undefined;
+    this.d.attempts.push({ channelId: r.ch.id, phase: 'upstream', status, reason });
+    this.note(`upstream ${status ?? 'error'} ch=${r.ch.id}`);
+    const retryable = isRetryable(this.rt.cfg.retry.statusTable, status);
+    const rotated = this.coolKey(r.ch, status, failure.retryAfterMs, r.key);
+    const keyOnly = rotated && this.rt.keys.hasOther(r.ch, r.key as number, this.rt.health.keySkip(r.ch.id));
+    if (retryable && !keyOnly && this.d.affinity?.used && r.ch.id === this.pinnedId) this.pinFailed = true;
+    await this.rt.health.recordFailure(r.ch, r.key, { ...failure, status }, () => callerTextOf(this.req));
+  }
+
+  private racer(): Racer {
+    return {
+      ch: this.current as RegisteredChannel, key: this.currentKeyIndex, hold: this.hold, entered: this.entered,
+      view: this.res.locals.channel as Channel, group: this.d.selectedGroup,
+    };
+  }
+
+  private restore(r: Racer): void {
+    this.current = r.ch;
+    this.currentKeyIndex = r.key;
+    this.hold = r.hold;
+    this.entered = r.entered;
+    this.res.locals.channel = r.view;
+    this.d.selectedGroup = r.group;
+  }
+
+  /** Gives back a racer's slot and in-flight count (never those of the current channel). */
+  private dropRacer(r: Racer): void {
+    const { limits } = this.rt;
+    if (r.hold !== undefined && r.hold !== this.hold) limits.release(r.hold);
+    if (r.entered !== undefined && r.entered !== this.entered) limits.leave(r.entered);
+  }
+
   // ---- usage --------------------------------------------------------------------------------
 
   /** The answer's token usage: the `usage` hook and the rule's cache accounting. */
@@ -445,6 +572,10 @@ export class RequestRun implements RunHandle {
       if (!ok && !this.usageReported && this.current?.limits?.tpm) limits.correctTokens(this.hold, 0);
     }
     if (this.entered !== undefined) limits.leave(this.entered);
+    if (this.hedgeRacer) {
+      this.dropRacer(this.hedgeRacer);
+      this.hedgeRacer = undefined;
+    }
     const cur = this.current;
     if (!cur) return;
     const status = this.res.statusCode;

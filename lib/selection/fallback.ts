@@ -26,7 +26,7 @@ export interface SelectingRun {
 }
 
 /** Up to `attempts` channels over `groups`; true when one was set up (it is the run's current channel). */
-export function* selectWithFallback(run: SelectingRun, attempts: number, reason: 'select' | 'fallback' | 'retry', groups: readonly string[], startTier = 0): Steps<boolean> {
+export function* selectWithFallback(run: SelectingRun, attempts: number, reason: 'select' | 'fallback' | 'retry' | 'hedge', groups: readonly string[], startTier = 0): Steps<boolean> {
   const { rt } = run;
   for (let n = 0; n < attempts; n++) {
     const next = nextChannel(rt, run.model, run.d.tried, groups, startTier);
