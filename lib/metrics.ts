@@ -77,13 +77,14 @@ export function distributorMetrics<R extends MetricsRegistry = MetricsRegistry>(
 
   const selections = counter('selections_total', 'Channels chosen, by channel and reason (affinity, select, specific, fallback, retry).', ['channel', 'reason']);
   const affinity = counter('affinity_total', 'Affinity lookups by rule and result (hit, miss, stale_cleared, stale_kept, moved).', ['rule', 'result']);
-  const stale = counter('affinity_stale_total', 'Stale pins by rule and reason (missing, disabled, ineligible, cooling, setup_failed).', ['rule', 'reason']);
+  const stale = counter('affinity_stale_total', 'Stale pins by rule and reason (missing, disabled, ineligible, cooling, ejected, setup_failed, saturated).', ['rule', 'reason']);
   const fallbacks = counter('setup_fallbacks_total', 'Channel setups that failed and fell back to another channel.', ['channel']);
   const retries = counter('retries_total', 'Upstream retries, by the status that caused them (error: no response).', ['status']);
   const exhausted = counter('exhausted_total', 'Requests whose retries stopped, by reason.', ['reason']);
   const storeErrors = counter('store_errors_total', 'Store calls that failed (the distributor degraded instead).', ['operation']);
   const tokens = counter('tokens_total', 'Tokens of the answers that served, from usage reports, by rule (empty: no rule), channel, kind (input, cached, output, cache_write) and affinity (hit, miss, none).', ['rule', 'channel', 'kind', 'affinity']);
-  const health = counter('health_events_total', 'Channel health events (cooldown, auto_disabled, key_disabled, re_enabled).', ['channel', 'event']);
+  const health = counter('health_events_total', 'Channel health events (cooldown, auto_disabled, key_disabled, re_enabled, ejected, key_cooldown).', ['channel', 'event']);
+  const saturated = counter('saturated_total', 'Requests that found every candidate channel at its limits: queued (waited for a slot) or rejected (429 channels_saturated).', ['outcome']);
   const decision = (registry.getSingleMetric(`${prefix}decision_duration_seconds`) as PromClient.Histogram<'reason'> | undefined)
     ?? new client.Histogram({
       name: `${prefix}decision_duration_seconds`,
@@ -136,6 +137,9 @@ export function distributorMetrics<R extends MetricsRegistry = MetricsRegistry>(
     },
     health(e) {
       health.inc({ channel: String(e.channelId), event: e.event });
+    },
+    saturated(e) {
+      saturated.inc({ outcome: e.outcome });
     },
     usage(e) {
       const labels = { rule: e.rule ?? '', channel: String(e.channelId), affinity: e.affinity };
