@@ -21,6 +21,9 @@ export class LatencyBook {
   }
 
   record(channelId: number, model: string, ms: number, _firstByte: boolean): void {
+    // Only finite non-negative numbers: a string that passes a `>= 0` check ('5') would make the
+    // average text, then NaN after the next sample, and lowest-latency would pick nothing (503).
+    if (typeof ms !== 'number' || !Number.isFinite(ms) || ms < 0) return;
     let m = this.byModel.get(model);
     if (!m) this.byModel.set(model, (m = new Map()));
     const s = m.get(channelId);
