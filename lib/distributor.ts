@@ -2,7 +2,7 @@
 // parse -> routing checks -> affinity lookup -> select + setup (fallback) -> next() -> finish.
 import type { NextFunction, Request, RequestHandler, Response } from 'express';
 import { matchAffinity } from './affinity/key';
-import { releaseStalePin, reserveSession, usePin } from './affinity/lookup';
+import { releaseStalePin, reserveSession, startReservation, usePin } from './affinity/lookup';
 import type { ChannelRegistry } from './channels/registry';
 import { DistributorError, errorBody } from './errors';
 import { callHook, markStart } from './hooks';
@@ -73,6 +73,8 @@ function* distribute(rt: Runtime, req: Request, res: Response): Steps<'next' | D
   if (routing.specificChannelId !== undefined) return yield* specificChannel(rt, run, parsed, routing.specificChannelId);
   if (!parsed.model) return new DistributorError('model_required', 'Model name not specified, model name cannot be empty', 400);
   let ok = cfg.affinity.enabled && cfg.affinity.rules.length > 0 && (yield* usePin(rt, run, req, res, parsed));
+  // a new session's reservation shares its round trip with a limited channel's slot request
+  if (!ok && run.match && cfg.affinity.coalesce) run.reserveBeside = (ch, k) => startReservation(rt, run, ch, k);
   if (!ok) ok = yield* selectWithFallback(run, cfg.retry.times + 1, 'select', run.groups);
   if (!ok && run.sawFull) {
     const waited = yield* waitForSlot(rt, run);

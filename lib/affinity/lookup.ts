@@ -163,12 +163,24 @@ export function* reserveSession(rt: Runtime, run: RequestRun): Steps<void> {
   const match = run.match;
   const info = run.d.affinity;
   const cur = run.current;
+  const early = run.reservation;
+  run.reservation = undefined;
   if (!match || !info || info.used || !cur || run.storeFailed || !coalescing(rt)) return;
   const { cfg } = rt;
-  const replacing = info.hit && !cfg.affinity.keepOnChannelDisabled && info.stale !== 'saturated' ? run.pinnedValue : undefined;
-  if (info.hit && replacing === undefined) return; // a stale pin that is kept stays as it is
-  const own = reservationValue(run.pinOf(cur, run.currentKeyIndex), reservationToken());
-  const held = (yield rt.guard.reservePin(cfg.store, match.key, own, cfg.affinity.reserveTtlMs, replacing)) as string | null | undefined;
+  let own: string;
+  let held: string | null | undefined;
+  let replacing: string | undefined;
+  if (early !== undefined && early.channelId === cur.id) {
+    // written beside the slot of this channel (one round trip for both): its answer is this step's
+    ({ own, held, replacing } = early);
+  } else {
+    // written beside a channel that then failed its setup: ours to replace
+    if (early !== undefined && early.held === null) run.reservedValue = early.own;
+    replacing = replacedBy(rt, run);
+    if (info.hit && replacing === undefined) return; // a stale pin that is kept stays as it is
+    own = reservationValue(run.pinOf(cur, run.currentKeyIndex), reservationToken());
+    held = (yield rt.guard.reservePin(cfg.store, match.key, own, cfg.affinity.reserveTtlMs, replacing)) as string | null | undefined;
+  }
   if (held === null) {
     run.reservedValue = own;
     if (replacing !== undefined) info.cleared = true;
@@ -197,6 +209,42 @@ export function* reserveSession(rt: Runtime, run: RequestRun): Steps<void> {
   info.hit = before.hit;
   info.stale = before.stale;
   info.keyIndex = before.keyIndex;
+}
+
+/**
+ * What a new reservation may replace: this request's own earlier reservation (for a channel that
+ * turned out full), else a stale pin that is not kept; undefined for nothing.
+ */
+function replacedBy(rt: Runtime, run: RequestRun): string | undefined {
+  if (run.reservedValue !== undefined) return run.reservedValue;
+  const info = run.d.affinity;
+  return info?.hit && !rt.cfg.affinity.keepOnChannelDisabled && info.stale !== 'saturated' ? run.pinnedValue : undefined;
+}
+
+/**
+ * On a miss (or a stale pin) with coalescing, the reservation for a channel with limits is written
+ * beside its slot request, so the two share one round trip (reserveSession then reads its
+ * answer). Undefined when no reservation is due: no rule, a pin in use, one already started, the
+ * store failed, or a kept stale pin.
+ */
+export function startReservation(rt: Runtime, run: RequestRun, ch: RegisteredChannel, keyIndex: number | undefined): EarlyReservation | undefined {
+  const match = run.match;
+  const info = run.d.affinity;
+  if (!match || !info || info.used || run.storeFailed || !coalescing(rt) || run.reservation !== undefined) return undefined;
+  // the pin itself (or another request's reservation) is being set up: nothing to reserve
+  if (info.hit && info.stale === undefined) return undefined;
+  const replacing = replacedBy(rt, run);
+  if (info.hit && replacing === undefined) return undefined;
+  const own = reservationValue(run.pinOf(ch, keyIndex), reservationToken());
+  return { channelId: ch.id, own, replacing, held: rt.guard.reservePin(rt.cfg.store, match.key, own, rt.cfg.affinity.reserveTtlMs, replacing) };
+}
+
+/** A reservation started beside a slot request (`startReservation`); `held` is its store answer. */
+export interface EarlyReservation {
+  channelId: number;
+  own: string;
+  replacing?: string;
+  held: string | null | undefined | Promise<string | null | undefined>;
 }
 
 /**

@@ -62,6 +62,10 @@ export class RequestRun implements RunHandle {
   provisional = false;
   /** The reservation this request wrote (it deletes it if it fails). */
   reservedValue?: string;
+  /** A reservation written beside a slot request, awaiting reserveSession (affinity/lookup.ts). */
+  reservation?: { channelId: number; own: string; replacing?: string; held: string | null | undefined };
+  /** Starts that reservation (set by the pipeline when a miss may reserve; see startReservation). */
+  reserveBeside?: (ch: RegisteredChannel, keyIndex: number | undefined) => { channelId: number; own: string; replacing?: string; held: unknown } | undefined;
   /** A store call of this request failed: no more before `next()` (an outage costs one timeout). */
   storeFailed = false;
   /** The channel of a stale pin whose clearing (and report) waits for the reservation. */
@@ -189,8 +193,20 @@ export class RequestRun implements RunHandle {
       const skip = health.keySkip(ch.id);
       let index = keys.pick(ch, preferredKey, skip);
       if (ch.limits !== undefined) {
-        // one store call tries every usable key of the channel, the picked one first
-        hold = (yield limits.acquire(ch, keys.candidates(ch, index, skip), this.tokenEstimate())) as Hold | null | undefined;
+        // one store call tries every usable key of the channel, the picked one first; a new
+        // session's reservation goes out beside it (both answers in one round trip)
+        const slot = limits.acquire(ch, keys.candidates(ch, index, skip), this.tokenEstimate());
+        const early = this.reserveBeside?.(ch, index < 0 ? undefined : index);
+        hold = (yield slot) as Hold | null | undefined;
+        if (early !== undefined) {
+          const held = (yield early.held) as string | null | undefined;
+          this.reservation = { channelId: early.channelId, own: early.own, replacing: early.replacing, held };
+          // written for a channel that is full: it is this request's to replace or release
+          if (held === null && hold === null) {
+            this.reservedValue = early.own;
+            this.reservation = undefined;
+          }
+        }
         if (hold === null) return this.channelFull(ch);
         if (hold !== undefined) index = hold.keyIndex;
       }
