@@ -4,8 +4,8 @@
 // accept only their channels' keys in their protocol's header (401 otherwise), and the tests check
 // what each mock saw: the right header with the channel key, never the caller's token.
 //
-// The 429 tests use an upstream 429 passed through once every channel of the model is exhausted:
-// the distributor answers no 429 of its own yet (limits / `channels_saturated` are not built).
+// 429s of two kinds: the distributor's own (`channels_saturated`, every channel of the model at its
+// `limits`), and an upstream 429 passed through once every channel of the model is exhausted.
 import Anthropic from '@anthropic-ai/sdk';
 import { ApiError, GoogleGenAI } from '@google/genai';
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
@@ -44,6 +44,10 @@ beforeAll(async () => {
     { id: 101, name: 'limit-openai', group: 'default', models: 'gpt-limited', baseUrl: 'mock://limit-openai/v1', key: 'sk-upstream-limit' },
     { id: 102, name: 'limit-claude', type: 'anthropic', group: 'default', models: 'claude-limited', baseUrl: 'mock://limit-claude/v1', key: 'sk-ant-upstream-limit' },
     { id: 103, name: 'limit-gemini', type: 'gemini', group: 'default', models: 'gemini-limited', baseUrl: 'mock://limit-gemini/v1beta', key: 'AIza-upstream-limit' },
+    // limits: { rpm: 1 }: the second request of a minute finds every channel at its limit, and the distributor answers 429 itself
+    { id: 104, name: 'rpm-openai', group: 'default', models: 'gpt-rpm1', baseUrl: 'mock://alpha/v1', key: 'sk-upstream-alpha', limits: { rpm: 1 } },
+    { id: 105, name: 'rpm-claude', type: 'anthropic', group: 'default', models: 'claude-rpm1', baseUrl: 'mock://claude-a/v1', key: 'sk-ant-upstream-a0', limits: { rpm: 1 } },
+    { id: 106, name: 'rpm-gemini', type: 'gemini', group: 'default', models: 'gemini-rpm1', baseUrl: 'mock://gemini/v1beta', key: 'AIza-upstream-gemini', limits: { rpm: 1 } },
   );
   dir = mkdtempSync(path.join(os.tmpdir(), 'sdk-clients-'));
   writeFileSync(path.join(dir, 'channels.json'), JSON.stringify(file));
@@ -137,6 +141,31 @@ describe('OpenAI SDK', () => {
     expect(e).toBeInstanceOf(OpenAI.RateLimitError);
     expect((e as InstanceType<typeof OpenAI.APIError>).headers?.get('retry-after')).toBe('7');
     expect(gw.mocks['limit-openai'].stats.last!.headers.authorization).toBe('Bearer sk-upstream-limit');
+  });
+});
+
+describe('429 from the distributor itself (limits: { rpm: 1 }, channels_saturated)', () => {
+  test('OpenAI SDK: RateLimitError with code channels_saturated and Retry-After', async () => {
+    await openai().chat.completions.create({ model: 'gpt-rpm1', messages: [] });
+    const e = await openai().chat.completions.create({ model: 'gpt-rpm1', messages: [] }).catch((x: unknown) => x);
+    expect(e).toBeInstanceOf(OpenAI.RateLimitError);
+    expect((e as InstanceType<typeof OpenAI.APIError>).code).toBe('channels_saturated');
+    expect(Number((e as InstanceType<typeof OpenAI.APIError>).headers?.get('retry-after'))).toBeGreaterThan(0);
+  });
+
+  test('Anthropic SDK: RateLimitError', async () => {
+    await anthropic().messages.create({ model: 'claude-rpm1', max_tokens: 1, messages: [] });
+    const e = await anthropic().messages.create({ model: 'claude-rpm1', max_tokens: 1, messages: [] }).catch((x: unknown) => x);
+    expect(e).toBeInstanceOf(Anthropic.RateLimitError);
+    expect(JSON.stringify((e as InstanceType<typeof Anthropic.APIError>).error)).toContain('channels_saturated');
+  });
+
+  test('Google Gen AI SDK: ApiError status 429', async () => {
+    await gemini().models.generateContent({ model: 'gemini-rpm1', contents: 'Hi' });
+    const e = await gemini().models.generateContent({ model: 'gemini-rpm1', contents: 'Hi' }).catch((x: unknown) => x);
+    expect(e).toBeInstanceOf(ApiError);
+    expect((e as ApiError).status).toBe(429);
+    expect((e as ApiError).message).toContain('channels_saturated');
   });
 });
 
