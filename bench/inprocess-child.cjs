@@ -7,8 +7,12 @@ const { EventEmitter } = require('node:events');
 const [dist, mode, nText] = process.argv.slice(2);
 const n = Number(nText);
 const lib = require(path.resolve(dist, 'index.js'));
-const channels = Array.from({ length: 20 }, (_, i) => ({ id: i + 1, models: 'gpt-5', priority: i % 3, weight: (i % 5) + 1, key: `sk-k${i}` }));
-const mw = lib.distributor({ channels, logger: { warn() {}, error() {} }, validate: false });
+// STRATEGY: weighted (default) | least-busy | lowest-latency | least-usage; LIMITS=1 gives every
+// channel { rpm, maxConcurrency } (counted in the MemoryStore). Builds before 0.2 ignore both.
+const strategy = process.env.STRATEGY || 'weighted';
+const limits = process.env.LIMITS === '1' ? { limits: { rpm: 1e9, maxConcurrency: 1e6 } } : {};
+const channels = Array.from({ length: 20 }, (_, i) => ({ id: i + 1, models: 'gpt-5', priority: i % 3, weight: (i % 5) + 1, key: `sk-k${i}`, ...limits }));
+const mw = lib.distributor({ channels, logger: { warn() {}, error() {} }, validate: false, ...(strategy === 'weighted' ? {} : { selection: { strategy } }) });
 let sessions = 0;
 const noop = () => undefined;
 

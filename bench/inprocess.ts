@@ -6,13 +6,22 @@
 // on this shared 2-core machine).
 //
 //   npm run build && npx tsx bench/inprocess.ts                 env: BUILDS=dist,/path/to/old/dist ROUNDS=7 N=200000
+//   CONFIGS=weighted,least-busy,limits  compares configurations of one build instead (each a column:
+//   a strategy name, or `limits` for weighted with rpm + maxConcurrency on every channel)
 //
 // Each measurement is bench/inprocess-child.cjs in its own process. Cases: `hit` (a known session, the default codex rule: pinned), `miss` (a new session every
 // request: key derivation, selection, a pin write), `plain` (no affinity value).
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 
-const builds = (process.env.BUILDS ?? 'dist').split(',');
+const configs = process.env.CONFIGS?.split(',');
+// a column is a build, or (CONFIGS) a configuration of the first build
+const builds = configs ?? (process.env.BUILDS ?? 'dist').split(',');
+const dist = (process.env.BUILDS ?? 'dist').split(',')[0];
+function spawnEnv(column: string): NodeJS.ProcessEnv {
+  if (!configs) return process.env;
+  return { ...process.env, STRATEGY: column === 'limits' ? 'weighted' : column, LIMITS: column === 'limits' ? '1' : '0' };
+}
 const rounds = Number(process.env.ROUNDS ?? 7);
 const n = Number(process.env.N ?? 200_000);
 const modes = ['hit', 'miss', 'plain'];
@@ -22,7 +31,7 @@ for (let r = 0; r < rounds; r++) {
   const order = r % 2 === 0 ? builds : [...builds].reverse();
   for (const mode of modes) {
     for (const b of order) {
-      const out = spawnSync(process.execPath, [childScript, b, mode, String(n)], { encoding: 'utf8' });
+      const out = spawnSync(process.execPath, [childScript, configs ? dist : b, mode, String(n)], { encoding: 'utf8', env: spawnEnv(b) });
       if (out.status !== 0) throw new Error(`${b} ${mode}: ${out.stderr}`);
       const k = `${mode}|${b}`;
       results.set(k, [...(results.get(k) ?? []), Number(out.stdout.trim())]);
