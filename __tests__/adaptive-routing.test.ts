@@ -47,9 +47,12 @@ describe('selection.strategy: lowest-latency', () => {
     const fast = await upstream({ delayMs: 10 });
     const slow = await upstream({ delayMs: 50 });
     const gw = await gateway({ channels: [chan(1, fast), chan(2, slow)], selection: { strategy: 'lowest-latency' } });
-    // warm-up: both channels get their first samples (explore picks the unsampled one)
-    await burst(gw.url, 20, 2);
-    expect(fast.count + slow.count).toBe(20);
+    // warm-up: until both channels have minSamples (3) samples; a channel short of them while the
+    // other has them only gets the explore share (5 %) of picks, so this can take ~60 requests
+    const samples = (id: number) => gw.mw.health(id)?.latency[MODEL]?.samples ?? 0;
+    for (let i = 0; i < 100 && (samples(1) < 3 || samples(2) < 3); i++) await burst(gw.url, 4, 4);
+    expect(samples(1)).toBeGreaterThanOrEqual(3);
+    expect(samples(2)).toBeGreaterThanOrEqual(3);
     fast.reset();
     slow.reset();
     await burst(gw.url, 60, 4);
@@ -63,10 +66,15 @@ describe('selection.strategy: lowest-latency', () => {
     if (lat2) expect(lat2.avgMs).toBeGreaterThanOrEqual(45);
   });
 
-  test('channels within the buffer share by weight; unsampled ones only explore', async () => {
+  test('channels within the buffer share by weight', async () => {
     const a = await upstream({ delayMs: 15 });
     const b = await upstream({ delayMs: 15 });
-    const gw = await gateway({ channels: [chan(1, a), chan(2, b)], selection: { strategy: 'lowest-latency', latency: { buffer: 2 } } });
+    const gw = await gateway({ channels: [chan(1, a), chan(2, b)], selection: { strategy: 'lowest-latency', latency: { buffer: 2, minSamples: 1, explore: 0.5 } } });
+    await burst(gw.url, 10, 1);
+    expect(gw.mw.health(1)?.latency[MODEL]?.samples).toBeGreaterThanOrEqual(1);
+    expect(gw.mw.health(2)?.latency[MODEL]?.samples).toBeGreaterThanOrEqual(1);
+    a.reset();
+    b.reset();
     await burst(gw.url, 60, 3);
     // both within the (generous) buffer of the best: each gets a real share, not just explore
     expect(Math.min(a.count, b.count)).toBeGreaterThan(60 * 0.15);
