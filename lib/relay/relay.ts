@@ -22,6 +22,7 @@ import { positiveNumber } from '../check';
 import { refusedTarget, unsafePath, upstreamBase, upstreamPath, withoutKeyParam, type UpstreamBase } from './target';
 import { azurePath, channelHeaders, mapGeminiPath, mapJsonModel, mappedModel, takeCallerCredentials } from './protocol';
 import { JSON_USAGE_BODY_LIMIT, JsonUsageCollector, SseUsageScanner, isJsonContentType } from './usage';
+import { hedgeControl, type HedgeControl } from '../run/distribution';
 import type { UsageReport } from '../types';
 
 export type { RelayHeaders } from '../security/headers';
@@ -124,6 +125,17 @@ export interface RelayOptions {
   /** Observes every failed attempt (before and after the commit point). A throwing hook is ignored. */
   onUpstreamError?: (e: RelayUpstreamError) => void;
   /**
+   * Hedging (off by default): when an attempt has no upstream response headers after `afterMs`,
+   * one more attempt starts on another channel, only while `retry()` would allow one (retries
+   * left, the budget, no skip rule on a used pin, not a named channel) and when the request body
+   * can be sent twice (not a streamed body). The first racer to answer with headers wins (an
+   * answer of 429, 5xx or no answer at all is that racer's failure, and the other races on);
+   * the other is aborted and counts neither as a success nor as a failure. Only the winner is
+   * pinned. For an SSE stream the commit point is the winner's first byte. At most one hedge per
+   * request.
+   */
+  hedge?: { afterMs: number };
+  /**
    * Report the token usage of each answer that served (`distribution.reportUsage()`, once per
    * request): read from a 2xx JSON body of at most 4 MiB (a copy collected as it passes, parsed at
    * its end) or from an SSE stream scanned event by event as it passes (never buffered; lines and
@@ -151,6 +163,7 @@ interface Resolved {
   dispatcher: Dispatcher;
   onUpstreamError?: RelayOptions['onUpstreamError'];
   reportUsage: boolean;
+  hedgeAfterMs?: number;
 }
 
 /** A failed attempt. `committed` failures were already answered to the client. */
@@ -412,6 +425,17 @@ function reportAnswerUsage(res: Response, st: RunState, usage: UsageReport | und
   }
 }
 
+/** `distribution.reportLatency()` for the answer that served; a throwing report never breaks the response. */
+function reportLatency(res: Response, ms: number, firstByte: boolean): void {
+  const d = res.locals.distribution as Distribution | undefined;
+  if (typeof d?.reportLatency !== 'function') return;
+  try {
+    d.reportLatency(ms, { firstByte });
+  } catch {
+    /* accounting never breaks a response */
+  }
+}
+
 function reportUpstreamError(o: Resolved, e: RelayUpstreamError): void {
   if (!o.onUpstreamError) return;
   try {
@@ -426,11 +450,18 @@ function reportUpstreamError(o: Resolved, e: RelayUpstreamError): void {
  * ended visibly after the commit point), or a Failure when the upstream failed before any byte
  * reached the client (the caller may retry).
  */
-function pump(up: Dispatcher.ResponseData, res: Response, st: RunState, o: Resolved, req: Request, channel: Channel, attempt: number): Promise<Failure | null> {
+function pump(up: Dispatcher.ResponseData, res: Response, st: RunState, o: Resolved, req: Request, channel: Channel, attempt: number, started: number): Promise<Failure | null> {
   return new Promise((resolve) => {
     const body = up.body;
     const ct = up.headers['content-type'];
     const sse = typeof ct === 'string' && ct.toLowerCase().startsWith('text/event-stream');
+    // lowest-latency learns time to first byte for a stream, total time otherwise
+    let timed = false;
+    const latency = (firstByte: boolean) => {
+      if (timed) return;
+      timed = true;
+      reportLatency(res, performance.now() - started, firstByte);
+    };
     let committed = false;
     let held: Buffer | undefined;
     const usage = usageReader(o, up, sse);
@@ -453,6 +484,7 @@ function pump(up: Dispatcher.ResponseData, res: Response, st: RunState, o: Resol
       }
     };
     const onData = (chunk: Buffer) => {
+      if (sse && !timed) latency(true);
       usage?.push(chunk);
       try {
         if (!sse) {
@@ -489,6 +521,7 @@ function pump(up: Dispatcher.ResponseData, res: Response, st: RunState, o: Resol
         return;
       }
       cleanup();
+      latency(sse);
       // before the last byte goes out: a client that read the answer sees it accounted
       if (usage) reportAnswerUsage(res, st, usage.result());
       if (held) res.end(held);
@@ -556,8 +589,27 @@ function targetPath(req: Request, o: Resolved, base: UpstreamBase, channel: Chan
 }
 
 /** Values of the caller's `key` query parameter (a Gemini-style credential), for redaction. */
+/** An attempt whose upstream answered with headers. */
+interface Opened {
+  up: Dispatcher.ResponseData;
+  /** performance.now() when the attempt started (its latency). */
+  started: number;
+}
+
+function isOpened(v: Opened | Failure | null): v is Opened {
+  return v !== null && 'up' in v;
+}
+
 /** One upstream attempt. Null when the client got its answer (or has gone); a Failure otherwise. */
 async function attemptOnce(req: Request, res: Response, o: Resolved, st: RunState, channel: Channel, baseHeaders: RelayHeaders, out: OutBody, attempt: number): Promise<Failure | null> {
+  const opened = await openAttempt(req, res, o, st, channel, baseHeaders, out, attempt, st.signal);
+  return isOpened(opened) ? answer(req, res, o, st, channel, opened, attempt) : opened;
+}
+
+/** Sends one attempt and waits for its response headers: the answer, a Failure, or null (the client has gone). */
+async function openAttempt(
+  req: Request, res: Response, o: Resolved, st: RunState, channel: Channel, baseHeaders: RelayHeaders, out: OutBody, attempt: number, signal: EventEmitter,
+): Promise<Opened | Failure | null> {
   const base = upstreamBase(channel);
   if (typeof base === 'string') return { code: 'upstream_connection_error', message: base, committed: false };
   let headers = channelHeaders(baseHeaders, channel, st.callerCredentials);
@@ -570,6 +622,7 @@ async function attemptOnce(req: Request, res: Response, o: Resolved, st: RunStat
   if (path === undefined) return { refused: true, status: 400, code: 'invalid_path', message: INVALID_PATH, committed: false };
   // the client may have gone while retry() waited, or before relay() started
   if (st.clientGone || res.closed) return null;
+  const started = performance.now();
   let up: Dispatcher.ResponseData;
   try {
     up = await o.dispatcher.request({
@@ -578,7 +631,7 @@ async function attemptOnce(req: Request, res: Response, o: Resolved, st: RunStat
       method: req.method as Dispatcher.HttpMethod,
       headers,
       body: body.stream ?? body.data ?? null,
-      signal: st.signal,
+      signal,
       headersTimeout: o.timeoutMs,
       bodyTimeout: o.bodyTimeoutMs,
     });
@@ -589,6 +642,12 @@ async function attemptOnce(req: Request, res: Response, o: Resolved, st: RunStat
     up.body.destroy();
     return null;
   }
+  return { up, started };
+}
+
+/** An answer with headers: an error answer becomes a Failure (its body read, scrubbed); anything else is streamed to the client. */
+async function answer(req: Request, res: Response, o: Resolved, st: RunState, channel: Channel, opened: Opened, attempt: number): Promise<Failure | null> {
+  const { up } = opened;
   if (up.statusCode >= 400) {
     // the caller's credentials (headers, `?key=`) and affinity values, which an upstream may echo
     st.secrets ??= requestSecrets(res.locals.distribution);
@@ -605,7 +664,95 @@ async function attemptOnce(req: Request, res: Response, o: Resolved, st: RunStat
       committed: false,
     };
   }
-  return pump(up, res, st, o, req, channel, attempt);
+  return pump(up, res, st, o, req, channel, attempt, opened.started);
+}
+
+/** A hedge racer's answer that is a failure of its channel (no answer, 429, 5xx): the other races on. */
+function racerFailed(v: Opened | Failure): boolean {
+  if (!isOpened(v)) return !v.refused;
+  const s = v.up.statusCode;
+  return s === 429 || s >= 500;
+}
+
+function racerFailure(v: Opened | Failure): { status?: number; error?: unknown; retryAfterMs?: number } {
+  if (isOpened(v)) return { status: v.up.statusCode, error: `upstream answered ${v.up.statusCode}`, retryAfterMs: parseRetryAfter(v.up.headers) };
+  return { status: v.status, error: v.message, retryAfterMs: v.retryAfterMs };
+}
+
+/** Drops an answer nobody will read (the loser of a hedge race). */
+function discard(v: Opened | Failure | null): void {
+  if (isOpened(v)) {
+    v.up.body.on('error', () => {});
+    v.up.body.destroy();
+  }
+}
+
+/** An abort signal for one racer: fires when the client goes, or when the racer loses. */
+function racerSignal(st: RunState): { signal: EventEmitter; abort: () => void; done: () => void } {
+  const signal = new EventEmitter();
+  const forward = () => signal.emit('abort');
+  st.signal.once('abort', forward);
+  return { signal, abort: forward, done: () => st.signal.off('abort', forward) };
+}
+
+/**
+ * One attempt with a hedge (`relay({ hedge })`): the attempt on `channel`, and, when it has no
+ * headers after `afterMs`, a second on the channel `hedge.start()` gives. The first usable answer
+ * wins and is streamed to the client; the other is aborted (neither success nor failure). A
+ * racer that fails (no answer, 429, 5xx) is recorded as that channel's failure, and the other
+ * continues alone. Resolves to the outcome and the channel it ended on.
+ */
+async function hedgedAttempt(
+  req: Request, res: Response, o: Resolved, st: RunState, channel: Channel, baseHeaders: RelayHeaders, out: OutBody, attempt: number, control: HedgeControl,
+): Promise<{ f: Failure | null; channel: Channel; hedged: boolean }> {
+  const a = racerSignal(st);
+  const pa = openAttempt(req, res, o, st, channel, baseHeaders, out, attempt, a.signal);
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<'late'>((resolve) => {
+    timer = setTimeout(() => resolve('late'), o.hedgeAfterMs);
+  });
+  const first = await Promise.race([pa, late]);
+  clearTimeout(timer);
+  const alone = async (p: Promise<Opened | Failure | null>, ch: Channel, sig: { done: () => void }, hedged: boolean) => {
+    const v = await p;
+    sig.done();
+    return { f: isOpened(v) ? await answer(req, res, o, st, ch, v, attempt) : v, channel: ch, hedged };
+  };
+  if (first !== 'late' || st.clientGone) return alone(pa, channel, a, false);
+  const other = await control.start();
+  if (!other || st.clientGone) return alone(pa, channel, a, false);
+  const b = racerSignal(st);
+  const pb = openAttempt(req, res, o, st, other, baseHeaders, out, attempt + 1, b.signal);
+  const racers = [
+    { p: pa, ch: channel, sig: a, side: 'primary' as const },
+    { p: pb, ch: other, sig: b, side: 'hedge' as const },
+  ];
+  const won = await Promise.race(racers.map((r, i) => r.p.then((v) => ({ i, v }))));
+  const w = racers[won.i];
+  const l = racers[1 - won.i];
+  if (won.v === null) {
+    // the client went: both stop
+    l.sig.abort();
+    void l.p.then(discard);
+    a.done();
+    b.done();
+    return { f: null, channel: w.ch, hedged: true };
+  }
+  if (racerFailed(won.v)) {
+    // this racer failed first: recorded as its channel's failure; the other races on alone
+    discard(won.v);
+    w.sig.done();
+    await control.settle(l.side, racerFailure(won.v));
+    return alone(l.p, l.ch, l.sig, true);
+  }
+  // the winner: the other is aborted and counts neither way
+  l.sig.abort();
+  void l.p.then(discard);
+  l.sig.done();
+  w.sig.done();
+  await control.settle(w.side);
+  // (a Failure here is the path rule's refusal: no upstream call was made, so it ends the request)
+  return { f: isOpened(won.v) ? await answer(req, res, o, st, w.ch, won.v, attempt) : won.v, channel: w.ch, hedged: true };
 }
 
 /** 400 `invalid_path` (OpenAI-shaped): the path rule refused the request before any upstream call. */
@@ -673,8 +820,19 @@ async function relayRequest(req: Request, res: Response, o: Resolved): Promise<v
   // the caller's own credentials (only there when named in forwardHeaders) never go with a channel key
   st.callerCredentials = takeCallerCredentials(baseHeaders);
   const out = outgoingBody(req, baseHeaders);
+  // one hedge per request, when the body can be sent twice
+  let hedge = o.hedgeAfterMs !== undefined && !out.stream ? hedgeControl(dist) : undefined;
   for (let attempt = 1; ; attempt++) {
-    const f = await attemptOnce(req, res, o, st, channel, baseHeaders, out, attempt);
+    let f: Failure | null;
+    if (hedge) {
+      const r = await hedgedAttempt(req, res, o, st, channel, baseHeaders, out, attempt, hedge);
+      f = r.f;
+      channel = r.channel;
+      if (r.hedged) {
+        hedge = undefined;
+        attempt++;
+      }
+    } else f = await attemptOnce(req, res, o, st, channel, baseHeaders, out, attempt);
     if (f?.refused) {
       if (!res.headersSent && !st.clientGone) sendInvalidPath(res);
       return;
@@ -703,6 +861,12 @@ async function relayRequest(req: Request, res: Response, o: Resolved): Promise<v
 /** relay()'s option errors: TypeErrors naming relay(). */
 const refuse = (message: string) => new TypeError(`relay(): ${message}`);
 
+function hedgeOption(h: RelayOptions['hedge']): number | undefined {
+  if (h === undefined) return undefined;
+  if (!h || typeof h !== 'object') throw refuse('hedge must be { afterMs: number }');
+  return positiveNumber(refuse, 'hedge.afterMs', h.afterMs, NaN);
+}
+
 export function relay(options: RelayOptions = {}): RelayHandler {
   const timeoutMs = positiveNumber(refuse, 'timeoutMs', options.timeoutMs, 120_000);
   const bodyTimeoutMs = positiveNumber(refuse, 'bodyTimeoutMs', options.bodyTimeoutMs, 120_000);
@@ -722,6 +886,7 @@ export function relay(options: RelayOptions = {}): RelayHandler {
     dispatcher: options.dispatcher ?? (ownAgent as Agent),
     onUpstreamError: options.onUpstreamError,
     reportUsage: options.reportUsage !== false,
+    hedgeAfterMs: hedgeOption(options.hedge),
   };
   const handler = function relayMiddleware(req: Request, res: Response, next: NextFunction): void {
     relayRequest(req, res, o).catch((err: unknown) => {
