@@ -75,6 +75,8 @@ export interface MockBehaviour {
   headers?: Record<string, string>;
   /** Fail (with `failStatus`) every request that carries this header (an upstream rejecting e.g. a foreign `openai-organization`). */
   failIfHeader?: string;
+  /** Fail (with `failStatus`, and `retryAfter`) every request authenticated with one of these keys (a rate-limited account). */
+  failKeys?: string[];
   /**
    * Pad streamed answers with SSE comment lines (16 KiB each, before the first event) up to at
    * least this many bytes, honouring backpressure: a client that does not read keeps the mock
@@ -315,7 +317,7 @@ export function startMockUpstream(options: MockUpstreamOptions = {}): Promise<Mo
       req.socket.destroy();
       return;
     }
-    const refuse = b.failIfHeader !== undefined && req.headers[b.failIfHeader.toLowerCase()] !== undefined;
+    const refuse = (b.failIfHeader !== undefined && req.headers[b.failIfHeader.toLowerCase()] !== undefined) || (b.failKeys !== undefined && b.failKeys.includes(token));
     if (shouldFail() || refuse) {
       stats.failed += 1;
       const status = b.failStatus ?? 500;

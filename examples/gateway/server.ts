@@ -4,6 +4,9 @@
 // front of mock upstreams of each protocol (OpenAI, Azure, Anthropic, Gemini).
 //
 //   npm start                      # channels.json, with the built-in mock upstreams it starts itself
+//   npm run start:adaptive         # adaptive.json: lowest-latency, per-key limits with a queue,
+//                                  # outlier ejection, key rotation, hedging (STRATEGY=least-busy|
+//                                  # least-usage|weighted|lowest-latency overrides the strategy)
 //   PORT=8080 npm start
 //   CHANNELS=http://127.0.0.1:18001,http://127.0.0.1:18002 FALLBACK_CHANNELS=http://127.0.0.1:18009,http://127.0.0.1:18002 \
 //     PORT=18200 npx tsx examples/gateway/server.ts   # point it at external upstreams (the bench harness does this)
@@ -29,12 +32,13 @@ import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { Registry } from 'prom-client';
 import {
-  ChannelRegistry, MemoryStore, defaultAffinityRules, distributor, type ChannelInput, type DistributorHandler, type RequestContext,
+  ChannelRegistry, MemoryStore, defaultAffinityRules, distributor, type ChannelInput, type DistributorHandler, type DistributorOptions,
+  type RequestContext, type SelectionStrategy,
 } from '../../lib';
 import { timingSafeEqual } from 'node:crypto';
 import { adminRouter } from '../../lib/entry/admin';
 import { distributorMetrics } from '../../lib/entry/metrics';
-import { relay, type RelayHandler } from '../../lib/entry/relay';
+import { relay, type RelayHandler, type RelayOptions } from '../../lib/entry/relay';
 import { closedPortUrl, startMockUpstream, type MockBehaviour, type MockProtocol, type MockUpstream } from './mock-upstream';
 
 export interface GatewayOptions {
@@ -57,14 +61,23 @@ export interface Gateway {
   /**
    * The curl lines printed at start: plain, sticky session, failover, the affinity report, the
    * token metrics; then Anthropic Messages, Gemini generateContent, embeddings, and an Azure channel.
+   * A channels file with `try` prints its own (`tries` holds what each shows).
    */
   curls: string[];
+  /** What each of `curls` shows, when the channels file says (`try`). */
+  tries?: string[];
   close(): Promise<void>;
 }
 
 interface ChannelsFile {
   mocks?: Record<string, MockBehaviour & { refuse?: boolean; protocol?: MockProtocol }>;
   channels: ChannelInput[];
+  /** Options merged into distributor()'s (adaptive.json: selection, health, retry). */
+  distributor?: Pick<DistributorOptions, 'selection' | 'health' | 'retry'>;
+  /** relay() options (adaptive.json: hedge). */
+  relay?: Pick<RelayOptions, 'hedge' | 'timeoutMs'>;
+  /** The curl lines printed at start, `{url}` replaced by the gateway's URL (default: channels.json's). */
+  try?: Array<{ say: string; curl: string }>;
 }
 
 type TokenEntry = RequestContext & { name?: string };
@@ -157,8 +170,7 @@ const MOCK_URL = /^mock:\/\/([^/]+)(.*)$/;
  * mock accepts exactly the keys of the channels that point at it, in its protocol's header (401
  * otherwise), so a relay that sent the caller's credential or the wrong header fails visibly.
  */
-async function channelsFromFile(file: string, mocks: Record<string, MockUpstream>): Promise<ChannelInput[]> {
-  const cfg = readJson<ChannelsFile>(file);
+async function channelsFromFile(cfg: ChannelsFile, file: string, mocks: Record<string, MockUpstream>): Promise<ChannelInput[]> {
   const keys = new Map<string, string[]>();
   for (const c of cfg.channels) {
     const m = typeof c.baseUrl === 'string' ? MOCK_URL.exec(c.baseUrl) : null;
@@ -218,12 +230,17 @@ export async function startGateway(options: GatewayOptions = {}): Promise<Gatewa
   const closeMocks = () => Promise.all(Object.values(mocks).map((m) => m.close()));
 
   let channels: ChannelInput[];
+  const file = env.CHANNELS_FILE || path.join(__dirname, 'channels.json');
+  const cfg: ChannelsFile | undefined = fromEnv ? undefined : readJson<ChannelsFile>(file);
   try {
-    channels = fromEnv ? channelsFromEnv(env) : await channelsFromFile(env.CHANNELS_FILE || path.join(__dirname, 'channels.json'), mocks);
+    channels = cfg ? await channelsFromFile(cfg, file, mocks) : channelsFromEnv(env);
   } catch (e) {
     await closeMocks();
     throw e;
   }
+  const tuned = cfg?.distributor ?? {};
+  const strategy = env.STRATEGY as SelectionStrategy | undefined;
+  const selection = strategy ? { ...tuned.selection, strategy } : tuned.selection;
   const trace = env.TRACE !== undefined ? env.TRACE === '1' : !fromEnv;
 
   // Prometheus metrics from the distributor's hooks, on a registry of this gateway's own.
@@ -236,14 +253,16 @@ export async function startGateway(options: GatewayOptions = {}): Promise<Gatewa
     // Unlike the reference's default, a failing pinned session may move to another channel
     // (the pin follows it): new-api #4541.
     affinity: { rules: defaultAffinityRules().map((r) => ({ ...r, skipRetryOnFailure: false })) },
-    retry: { times: 2 },
+    retry: { times: 2, ...tuned.retry },
     // With the demo channels, a channel failing 3 times within 60 s rests for 30 s. Off for env
     // channels, so every request of a benchmark takes the same path.
-    health: fromEnv ? {} : { cooldown: {} },
+    // (a channels file's own `distributor.health` replaces this)
+    health: tuned.health ?? (fromEnv ? {} : { cooldown: {} }),
+    ...(selection ? { selection } : {}),
     traceHeader: trace,
   });
   // Claude Code's session header goes upstream too (Anthropic receives it from Claude Code directly; the mocks key their prompt cache by it)
-  const fwd = relay({ forwardHeaders: ['x-claude-code-session-id'] });
+  const fwd = relay({ forwardHeaders: ['x-claude-code-session-id'], ...cfg?.relay });
 
   const app = express();
   app.disable('x-powered-by');
@@ -304,6 +323,9 @@ export async function startGateway(options: GatewayOptions = {}): Promise<Gatewa
     `curl -s ${url}/v1/chat/completions -H 'Authorization: Bearer sk-demo-alice' ${json} -d '{"model":"gpt-4.1","messages":[{"role":"user","content":"Hello!"}]}'`,
   ];
 
+  const tries = cfg?.try?.map((t) => t.say);
+  if (cfg?.try) curls.splice(0, curls.length, ...cfg.try.map((t) => t.curl.split('{url}').join(url)));
+
   let closing: Promise<void> | undefined;
   const close = () =>
     (closing ??= (async () => {
@@ -315,7 +337,7 @@ export async function startGateway(options: GatewayOptions = {}): Promise<Gatewa
       await Promise.all([fwd.close(), mw.shutdown(), closeMocks()]);
     })());
 
-  return { url, port: actual, server, mocks, distributor: mw, relay: fwd, curls, close };
+  return { url, port: actual, server, mocks, distributor: mw, relay: fwd, curls, tries, close };
 }
 
 function banner(gw: Gateway, fromEnv: boolean): string {
@@ -326,6 +348,10 @@ function banner(gw: Gateway, fromEnv: boolean): string {
   }
   lines.push(`built-in mock upstreams: ${Object.values(gw.mocks).map((m) => `${m.name} ${m.url}`).join(', ')}`);
   lines.push('', 'Try:');
+  if (gw.tries) {
+    gw.tries.forEach((say, i) => lines.push(`  # ${say}`, `  ${gw.curls[i]}`));
+    return lines.join('\n');
+  }
   lines.push('  # plain: a weighted pick among the top-priority channels (flaky answers 429 every 2nd time: retried elsewhere)');
   lines.push(`  ${gw.curls[0]}`);
   lines.push('  # sticky session: repeat it, the same channel answers ("Hello from ...")');

@@ -504,6 +504,7 @@ export class RequestRun implements RunHandle {
       this.note(`hedge_lost ch=${loser.ch.id}`);
     }
     if (winner === 'hedge') this.note(`hedge_won ch=${h.ch.id}`);
+    if (this.rt.cfg.traceHeader && !this.res.headersSent) this.res.setHeader(TRACE_HEADER, traceHeaderValue(this.d.trace));
   }
 
   /** A hedge racer's failure: the attempt, health and the pin, as noteFailure does for the current channel. */
