@@ -132,17 +132,15 @@ describeRedis('adaptive routing on a shared Redis', (url) => {
     await until(() => up.inFlight === 3);
     expect(await redisHolds(1)).toBe(3);
     await a.mw.shutdown();
-    // (that they are already there when shutdown() resolves is the BUG test below)
+    // (that they are already there when shutdown() resolves is the next test)
     await until(async () => (await redisHolds(1)) === 1, 1000, "a's holds released by shutdown");
     up.release();
     await Promise.allSettled(held);
     await until(async () => (await redisHolds(1)) === 0, 2000, 'all released');
   });
 
-  // BUG: shutdown() resolves before the releases are written to Redis (LimitBook.shutdown() sends
-  // each ZREM fire-and-forget and lib/distributor.ts does not await them), so a client destroyed
-  // right after `await handler.shutdown()` loses them and the slots stay taken on every other
-  // instance until their lease lapses (LEASE_MS, 120 s). See /tmp/issue14-notes.md.
+  // shutdown() resolves once Redis has the releases: a client destroyed right after loses none
+  // (else the slots would stay taken on every other instance until their 120 s lease lapses).
   test('after `await shutdown()` the client may be destroyed at once: the holds are already released in Redis', async () => {
     const up = await upstream();
     const [a, b] = await twoInstances([chan(1, up, { limits: { maxConcurrency: 3 } })]);

@@ -231,7 +231,7 @@ export function distributor(options: DistributorOptions): DistributorHandler {
       value: async () => {
         validations.release();
         rt.health.stop();
-        rt.limits.shutdown();
+        await rt.limits.shutdown();
         if (cfg.ownsStore) await cfg.store.shutdown?.();
       },
     },

@@ -16,7 +16,9 @@ const { RedisStore } = (() => {
   }
 })();
 
-const MODE = process.env.MODE || 'bare';
+// MODE: bare | noop* | memory | redis, optionally `+<strategy>` (least-busy, lowest-latency,
+// least-usage) or `+limits` (rpm and maxConcurrency on every channel): `memory+least-busy`.
+const [MODE, VARIANT] = (process.env.MODE || 'bare').split('+');
 const PORT = Number(process.env.PORT || 18300);
 const REPLY = Buffer.from(JSON.stringify({
   id: 'resp-mock', object: 'response', created: 1700000000, model: 'gpt-4o-mini',
@@ -58,7 +60,9 @@ async function main() {
       store = memoryStore = new MemoryStore();
     }
     // default affinity rules on (codex cli trace matches /v1/responses + prompt_cache_key)
-    app.use(distributor({ channels, store, retry: { times: 2 } }));
+    const limited = VARIANT === 'limits' ? channels.map((c) => ({ ...c, limits: { rpm: 1e9, maxConcurrency: 1e6 } })) : channels;
+    const selection = VARIANT && VARIANT !== 'limits' ? { selection: { strategy: VARIANT } } : {};
+    app.use(distributor({ channels: limited, store, retry: { times: 2 }, ...selection }));
   }
   app.post('/v1/responses', (req, res) => {
     res.type('application/json').send(REPLY);

@@ -563,7 +563,7 @@ export class RequestRun implements RunHandle {
   /** The relay's latency report for the current channel (`lowest-latency` learns from it). */
   reportLatency(ms: number, firstByte: boolean): void {
     const cur = this.current;
-    if (!cur || this.latencyReported || !(ms >= 0 && ms <= 600_000)) return;
+    if (!cur || this.latencyReported || typeof ms !== 'number' || !(ms >= 0 && ms <= 600_000)) return;
     this.latencyReported = true;
     this.rt.latency.record(cur.id, this.d.model, ms, firstByte);
   }

@@ -92,9 +92,9 @@ export class LimitBook {
   }
 
   leave(id: number): void {
+    // kept at 0 rather than deleted: no map churn per request (bounded by the channel ids seen)
     const n = (this.inflight.get(id) ?? 0) - 1;
-    if (n <= 0) this.inflight.delete(id);
-    else this.inflight.set(id, n);
+    this.inflight.set(id, n > 0 ? n : 0);
   }
 
   /**
@@ -146,18 +146,23 @@ export class LimitBook {
     return hold;
   }
 
-  /** Gives a hold's concurrency slot back (once), and lets the head of the queue look again. */
-  release(hold: Hold): void {
-    if (hold.released) return;
+  /**
+   * Gives a hold's concurrency slot back (once), and lets the head of the queue look again.
+   * Resolves when the store has it (never rejects; the request path does not wait for it).
+   */
+  release(hold: Hold): Promise<void> | undefined {
+    if (hold.released) return undefined;
     hold.released = true;
     this.holds.delete(hold.lease);
+    let sent: Promise<void> | undefined;
     if (this.local) this.local.release(hold.key, hold.lease);
     else {
       const store = this.cfg.store;
-      void this.guard.run('releaseSlot', async () => store.releaseSlot?.(hold.key, hold.lease), undefined);
+      sent = this.guard.run('releaseSlot', async () => store.releaseSlot?.(hold.key, hold.lease), undefined);
     }
     this.full.delete(hold.channelId);
     this.queue.notify();
+    return sent;
   }
 
   /** Replaces a hold's token estimate with the reported count. */
@@ -193,12 +198,16 @@ export class LimitBook {
     void this.guard.run('renewSlots', async () => store.renewSlots?.(holds, Date.now() + LEASE_MS), undefined);
   }
 
-  /** Releases every hold this instance has (handler.shutdown()) and wakes every waiter. */
-  shutdown(): void {
+  /**
+   * Releases every hold this instance has (handler.shutdown()) and wakes every waiter; resolves
+   * when the store has the releases, so a client closed right after leaks no slot.
+   */
+  async shutdown(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
-    for (const h of [...this.holds.values()]) this.release(h);
+    const sent = [...this.holds.values()].map((h) => this.release(h));
     this.queue.close();
+    await Promise.all(sent);
   }
 
   /** Holds this instance has now (tests, admin). */
