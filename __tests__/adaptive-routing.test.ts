@@ -66,6 +66,23 @@ describe('selection.strategy: lowest-latency', () => {
     if (lat2) expect(lat2.avgMs).toBeGreaterThanOrEqual(45);
   });
 
+  test('a channel that was slow once is measured again by the explore share, and takes the traffic back when it recovers', async () => {
+    const a = await upstream({ delayMs: 120 }); // slow at first (a cold start, a bad minute)
+    const b = await upstream({ delayMs: 30 });
+    const gw = await gateway({
+      channels: [chan(1, a), chan(2, b)],
+      selection: { strategy: 'lowest-latency', latency: { halfLife: 3, explore: 0.2, minSamples: 2 } },
+    });
+    const samples = (id: number) => gw.mw.health(id)?.latency[MODEL]?.samples ?? 0;
+    for (let i = 0; i < 100 && (samples(1) < 2 || samples(2) < 2); i++) await burst(gw.url, 2, 2);
+    a.delayMs = 5; // a recovers: now 6x faster than b
+    for (let i = 0; i < 15; i++) await burst(gw.url, 4, 4);
+    a.reset();
+    b.reset();
+    await burst(gw.url, 40, 4);
+    expect(a.count).toBeGreaterThan(30); // without re-measuring, a would stay out (0 + explore share 0)
+  });
+
   test('channels within the buffer share by weight', async () => {
     const a = await upstream({ delayMs: 15 });
     const b = await upstream({ delayMs: 15 });

@@ -50,7 +50,7 @@ function lowest(tier: Tier, eligible: Eligible, random: () => number, score: (ch
 /**
  * `lowest-latency`: channels with fewer than `minSamples` samples get an `explore` share of picks
  * (all of them while no channel has enough); otherwise the channels within `buffer` of the best
- * average are picked by weight.
+ * average are picked by weight, and the explore share goes to the ones outside it.
  */
 function lowestLatency(tier: Tier, eligible: Eligible, random: () => number, model: string, live: LiveSignals, o: Config['selection']['latency']): RegisteredChannel | undefined {
   const stats = live.latency.ofModel(model);
@@ -67,9 +67,15 @@ function lowestLatency(tier: Tier, eligible: Eligible, random: () => number, mod
     }
   }
   if (sampled.length === 0) return byWeight(unsampled, random);
-  if (unsampled.length > 0 && random() < o.explore) return byWeight(unsampled, random);
+  const explore = random() < o.explore;
+  if (explore && unsampled.length > 0) return byWeight(unsampled, random);
   const limit = best * (1 + o.buffer);
-  const near = sampled.filter((ch) => (stats?.get(ch.id)?.avg ?? Infinity) <= limit);
+  const near: RegisteredChannel[] = [];
+  const far: RegisteredChannel[] = [];
+  for (const ch of sampled) ((stats?.get(ch.id)?.avg ?? Infinity) <= limit ? near : far).push(ch);
+  // with every channel measured, the explore share re-measures the slower ones: a channel that
+  // was slow once (a cold connection, a bad minute) is seen again when it recovers
+  if (explore && far.length > 0) return byWeight(far, random);
   return byWeight(near, random);
 }
 
