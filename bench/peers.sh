@@ -4,12 +4,14 @@
 # so it is copied to $PEERBENCH/harness and its targets.mjs is wrapped (the original is untouched).
 #   bash bench/peers.sh                                   # B, A, portkey-lb, portkey-fb, ours-lb, ours-fb
 #   TARGETS=A,ours-lb ROUNDS=2 DURATION=5 bash bench/peers.sh
+#   OLD_REPO=/tmp/old TARGETS=B,ours-lb,old-lb,ours-fb,old-fb bash bench/peers.sh   # against an earlier commit
 # Knobs are the harness's own (DURATION, ROUNDS, CONNECTIONS, WARMUP, ...; see its README).
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SRC="${SHARED_BENCH:-$REPO/../shared/bench}"
 export PEERBENCH="${PEERBENCH:-/tmp/peerbench}"
 WORK="$PEERBENCH/harness"
+OLD_REPO="${OLD_REPO:-}"
 [[ -f "$SRC/targets.mjs" ]] || { echo "shared bench not found at $SRC (set SHARED_BENCH)"; exit 1; }
 rm -rf "$WORK" && mkdir -p "$WORK" && cp -r "$SRC"/. "$WORK"/ && chmod -R u+w "$WORK"
 mv "$WORK/targets.mjs" "$WORK/targets-shared.mjs"
@@ -38,6 +40,16 @@ export function defineBench(o) {
     { name: 'ours-lb', server: 'ours', headers: {}, expect: { ch1: 1 / 3, ch2: 1 / 3, ch3: 1 / 3 }, spread: true },
     { name: 'ours-fb', server: 'ours', headers: { 'x-bench-route': 'fallback' }, expect: { dead: 1, ch2: 1 } },
   );
+  // OLD_REPO=<a checkout of an earlier commit, with node_modules>: its example gateway as 'old'
+  const oldRepo = ${OLD_REPO@Q};
+  if (oldRepo) {
+    b.servers.old = { ...b.servers.ours, name: 'old', what: 'the same example gateway at an earlier commit', port: port + 1, cwd: oldRepo,
+      env: { ...b.servers.ours.env, PORT: String(port + 1) } };
+    b.targets.push(
+      { name: 'old-lb', server: 'old', headers: {}, expect: { ch1: 1 / 3, ch2: 1 / 3, ch3: 1 / 3 }, spread: true },
+      { name: 'old-fb', server: 'old', headers: { 'x-bench-route': 'fallback' }, expect: { dead: 1, ch2: 1 } },
+    );
+  }
   b.checks.push(
     { target: 'ours-lb', n: 30, spread: ['ch1', 'ch2', 'ch3'] },
     { target: 'ours-fb', n: 5, hits: { dead: 5, ch2: 5 } },
