@@ -3,6 +3,7 @@
 // the first usable answer wins, the loser is aborted and counts neither way, only the winner is
 // pinned, and a hedge never starts where retry() would not allow one.
 import { afterAll, afterEach, describe, expect, jest, test } from '@jest/globals';
+import { request } from 'undici';
 import { MemoryStore, type AffinityRule, type DistributorHooks } from '../lib';
 import { ch, closeClient, gateway, mock, post, stopAll, MODEL } from './helpers/relay-kit';
 
@@ -124,6 +125,30 @@ describe('hedging', () => {
     slow.set({ delayMs: 0 });
     const both = await Promise.all([post(g.url, { model: MODEL }), post(g.url, { model: MODEL })]);
     expect(both.map((x) => x.status)).toEqual([200, 200]);
+  });
+
+  test('a client that leaves while the hedge is being set up leaves no slot and no in-flight count behind', async () => {
+    const slow = await mock({ name: 'slow', delayMs: 1000 });
+    const other = await mock({ name: 'other' });
+    const store = new MemoryStore();
+    const g = await gateway([ch(1, slow, { priority: 10, limits: { maxConcurrency: 1 } }), ch(2, other, { limits: { maxConcurrency: 1 } })], {
+      store,
+      // the hedge's channel takes 200 ms to set up; the client leaves in the middle of it
+      setup: (c) => (c.id === 2 ? new Promise((r) => setTimeout(r, 200)) : undefined),
+    }, { hedge: { afterMs: 30 } });
+    const ac = new AbortController();
+    const pending = request(`${g.url}/v1/chat/completions`, {
+      method: 'POST', signal: ac.signal, headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: MODEL }),
+    }).catch(() => undefined);
+    await settle(120);
+    ac.abort();
+    await pending;
+    await settle(300);
+    expect(store.holding('lim:{1}:c')).toBe(0);
+    expect(store.holding('lim:{2}:c')).toBe(0);
+    expect(g.mw.health(1)?.inFlight).toBe(0);
+    expect(g.mw.health(2)?.inFlight).toBe(0);
+    await store.shutdown();
   });
 
   test('hedge options are validated', () => {

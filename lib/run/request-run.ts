@@ -86,6 +86,8 @@ export class RequestRun implements RunHandle {
   private racing = false;
   /** The hedge's channel while it races the current one. */
   private hedgeRacer?: Racer;
+  /** The current channel's slot and in-flight count while a hedge is being set up. */
+  private racingPrimary?: Racer;
   /** The channel the request holds now. */
   current?: RegisteredChannel;
   /** The last group selection looked at (named in the 503 of an `auto` request). */
@@ -452,7 +454,9 @@ export class RequestRun implements RunHandle {
     }
     const primary = this.racer();
     this.racing = true;
-    // the hedge's setup must neither release the primary's slot nor leave its in-flight count
+    // the hedge's setup must neither release the primary's slot nor leave its in-flight count;
+    // finalize() releases them from here if the client leaves meanwhile
+    this.racingPrimary = primary;
     this.hold = undefined;
     this.entered = undefined;
     let ok = false;
@@ -460,14 +464,20 @@ export class RequestRun implements RunHandle {
       const groups = retryGroups(this.d.group, this.groups, this.d.selectedGroup, this.ctx);
       ok = await driveToPromise(selectWithFallback(this, Number.MAX_SAFE_INTEGER, 'hedge', groups, retryStartTier(this.rt, this.groupUpstream)));
     } catch (e) {
-      this.restore(primary);
+      this.racingPrimary = undefined;
       this.racing = false;
+      if (!this.finished) this.restore(primary);
       throw e;
+    }
+    this.racingPrimary = undefined;
+    // the client left during the setup: finalize() has released both sides already
+    if (this.finished) {
+      this.racing = false;
+      return null;
     }
     const other = ok ? this.racer() : undefined;
     this.restore(primary);
-    if (!other || this.finished) {
-      if (other) this.dropRacer(other);
+    if (!other) {
       this.racing = false;
       return null;
     }
@@ -592,6 +602,11 @@ export class RequestRun implements RunHandle {
     if (this.hedgeRacer) {
       this.dropRacer(this.hedgeRacer);
       this.hedgeRacer = undefined;
+    }
+    const primary = this.racingPrimary;
+    if (primary) {
+      if (primary.hold !== undefined) limits.release(primary.hold);
+      if (primary.entered !== undefined) limits.leave(primary.entered);
     }
     const cur = this.current;
     if (!cur) return;
