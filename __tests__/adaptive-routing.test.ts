@@ -234,6 +234,26 @@ describe('selection.overflow', () => {
     expect((await holder).status).toBe(200);
   });
 
+  test('a request that waits a long time keeps a small record: only its last look at the full channels stays', async () => {
+    const up = await upstream();
+    up.hold();
+    const gw = await gateway({
+      channels: [chan(1, up, { limits: { maxConcurrency: 1 } }), chan(2, up, { limits: { maxConcurrency: 1 } })],
+      selection: { overflow: { queueMs: 10_000 } },
+      traceHeader: true,
+    });
+    const holders = [post(gw.url, { model: MODEL }), post(gw.url, { model: MODEL })];
+    await until(() => up.inFlight === 2);
+    const waiter = post(gw.url, { model: MODEL });
+    await sleep(1500); // the head looks again every 100-250 ms
+    up.release();
+    const [r] = await Promise.all([waiter, ...holders]);
+    expect(r.status).toBe(200);
+    const body = r.json<{ attempts: Array<{ reason?: string }>; trace: string[] }>();
+    expect(body.attempts.filter((a) => a.reason === 'limit').length).toBeLessThanOrEqual(2);
+    expect(body.trace.length).toBeLessThanOrEqual(5);
+  });
+
   test('waiters are served in FIFO order', async () => {
     const up = await upstream();
     up.hold();

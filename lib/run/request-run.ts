@@ -239,11 +239,20 @@ export class RequestRun implements RunHandle {
     return false;
   }
 
-  /** Channels skipped as full become candidates again (the overflow queue looks again). */
+  /**
+   * Channels skipped as full become candidates again (the overflow queue looks again). Their
+   * `limit` attempts and trace steps go too, so a request that polls for minutes keeps only the
+   * last look's (its record and trace header stay small).
+   */
   forgetFull(): void {
-    const full = new Set(this.d.attempts.filter((a) => a.reason === 'limit').map((a) => a.channelId));
-    const failedOtherwise = new Set(this.d.attempts.filter((a) => a.reason !== 'limit').map((a) => a.channelId));
-    this.d.tried = this.d.tried.filter((id) => !full.has(id) || failedOtherwise.has(id));
+    const d = this.d;
+    const full = new Set(d.attempts.filter((a) => a.reason === 'limit').map((a) => a.channelId));
+    if (full.size !== 0) {
+      const failedOtherwise = new Set(d.attempts.filter((a) => a.reason !== 'limit').map((a) => a.channelId));
+      d.tried = d.tried.filter((id) => !full.has(id) || failedOtherwise.has(id));
+      d.attempts = d.attempts.filter((a) => a.reason !== 'limit');
+      d.trace = d.trace.filter((step) => !step.startsWith('limit ch='));
+    }
     this.sawFull = false;
   }
 
