@@ -722,7 +722,9 @@ async function hedgedAttempt(
   const other = await control.start();
   if (!other || st.clientGone) return alone(pa, channel, a, false);
   const b = racerSignal(st);
-  const pb = openAttempt(req, res, o, st, other, baseHeaders, out, attempt + 1, b.signal);
+  // its own copy of the headers: channelHeaders() sets an OpenAI key in place, and the first
+  // attempt's request must never see the hedge channel's key
+  const pb = openAttempt(req, res, o, st, other, { ...baseHeaders }, out, attempt + 1, b.signal);
   const racers = [
     { p: pa, ch: channel, sig: a, side: 'primary' as const },
     { p: pb, ch: other, sig: b, side: 'hedge' as const },
