@@ -19,8 +19,9 @@ const rule: AffinityRule = { name: 'sess', modelRegex: ['.'], keySources: [{ typ
 
 describe('hedging', () => {
   test('a slow first attempt is raced by a second channel after afterMs: the fast one answers, the slow one is aborted and counts neither way', async () => {
-    const slow = await mock({ name: 'slow', delayMs: 600 });
-    const fast = await mock({ name: 'fast' });
+    // each mock accepts only its own channel's key (401 otherwise): the racers never share credentials
+    const slow = await mock({ name: 'slow', delayMs: 600, keys: ['sk-upstream-key-1-secret'] });
+    const fast = await mock({ name: 'fast', keys: ['sk-upstream-key-2-secret'] });
     const events: Parameters<NonNullable<DistributorHooks['health']>>[0][] = [];
     const g = await gateway([ch(1, slow, { priority: 10 }), ch(2, fast)], {
       health: { cooldown: { failures: 1 }, outlier: { minRequests: 1, failureRate: 0.01 } },
