@@ -83,6 +83,22 @@ describe('selection.strategy: lowest-latency', () => {
     expect(a.count).toBeGreaterThan(30); // without re-measuring, a would stay out (0 + explore share 0)
   });
 
+  test('a cold first answer does not dominate: the first samples are averaged plainly, then the exponential average takes over', async () => {
+    const up = await upstream();
+    const gw = await gateway({ channels: [chan(1, up)], selection: { strategy: 'lowest-latency' } }, (req, res) => {
+      res.locals.distribution?.reportLatency(Number(req.headers['x-lat']));
+      res.json({ ok: true });
+    });
+    const report = (ms: number) => post(gw.url, { model: MODEL }, { 'x-lat': String(ms) });
+    await report(45);
+    await report(20);
+    await report(20);
+    const avg = () => gw.mw.health(1)?.latency[MODEL]?.avgMs as number;
+    expect(avg()).toBeCloseTo(28.3, 1); // the mean of 45, 20, 20 (an EWMA from 45 would still be 44.3)
+    for (let i = 0; i < 10; i++) await report(20);
+    expect(avg()).toBeLessThan(22); // inside a 10 % buffer of a 20 ms channel again
+  });
+
   test('channels within the buffer share by weight', async () => {
     const a = await upstream({ delayMs: 15 });
     const b = await upstream({ delayMs: 15 });

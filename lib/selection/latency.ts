@@ -31,8 +31,11 @@ export class LatencyBook {
       m.set(channelId, { avg: ms, n: 1 });
       return;
     }
-    s.avg += this.alpha * (ms - s.avg);
     if (s.n < 1_000_000) s.n++;
+    // the plain mean of the first samples, then the exponential average: started from its first
+    // sample alone (often its slowest: a cold connection), a channel's average would stay near
+    // that sample for ~1/alpha samples and keep an equally fast channel out of the buffer
+    s.avg += Math.max(this.alpha, 1 / s.n) * (ms - s.avg);
   }
 
   /** The stats of one model (undefined: no channel reported for it yet). */
