@@ -20,10 +20,11 @@ export class KeyPicker {
    */
   pick(ch: RegisteredChannel, preferred?: number, skip?: (k: number) => boolean): number {
     const n = ch.keys.length;
-    const usable = (i: number) => !ch.disabledKeys.has(i) && (skip === undefined || !skip(i));
-    if (preferred !== undefined && preferred >= 0 && preferred < n && usable(preferred)) return preferred;
+    // the common cases first, without a closure: no key, one key, or a pinned key usable as it is
     if (n === 0) return -1;
     if (n === 1 && ch.disabledKeys.size === 0 && skip === undefined) return 0;
+    if (preferred !== undefined && preferred >= 0 && preferred < n && !ch.disabledKeys.has(preferred) && (skip === undefined || !skip(preferred))) return preferred;
+    const usable = (i: number) => !ch.disabledKeys.has(i) && (skip === undefined || !skip(i));
     const enabled: number[] = [];
     for (let i = 0; i < n; i++) if (usable(i)) enabled.push(i);
     if (enabled.length === 0) throw new NoEnabledKeyError(ch.id);

@@ -82,12 +82,12 @@ export class RequestRun implements RunHandle {
   private hold?: Hold;
   /** The channel counted as in flight for this request. */
   private entered?: number;
-  /** A hedge is being set up or is racing the current channel. */
-  private racing = false;
-  /** The hedge's channel while it races the current one. */
-  private hedgeRacer?: Racer;
-  /** The current channel's slot and in-flight count while a hedge is being set up. */
-  private racingPrimary?: Racer;
+  /**
+   * A hedge (relay({ hedge })): while it is set up, the current channel's slot and in-flight count
+   * (`primary`); while it races the current channel, its own side (`hedge`). One field, created
+   * for hedged requests only.
+   */
+  private race?: { primary?: Racer; hedge?: Racer };
   /** The channel the request holds now. */
   current?: RegisteredChannel;
   /** The last group selection looked at (named in the 503 of an `auto` request). */
@@ -451,7 +451,7 @@ export class RequestRun implements RunHandle {
   async hedge(): Promise<Channel | null> {
     const { cfg, counters } = this.rt;
     const cur = this.current;
-    if (!cur || this.finished || this.racing) return null;
+    if (!cur || this.finished || this.race) return null;
     const refused = retryRefusal({
       specific: this.specific, retryable: true, skipRule: !!this.d.affinity?.used && !!this.match?.rule.skipRetryOnFailure, retriesMade: this.upstreamRetries,
     }, cfg);
@@ -462,10 +462,9 @@ export class RequestRun implements RunHandle {
       counters.retrying++;
     }
     const primary = this.racer();
-    this.racing = true;
     // the hedge's setup must neither release the primary's slot nor leave its in-flight count;
     // finalize() releases them from here if the client leaves meanwhile
-    this.racingPrimary = primary;
+    const race: NonNullable<RequestRun['race']> = (this.race = { primary });
     this.hold = undefined;
     this.entered = undefined;
     let ok = false;
@@ -473,24 +472,23 @@ export class RequestRun implements RunHandle {
       const groups = retryGroups(this.d.group, this.groups, this.d.selectedGroup, this.ctx);
       ok = await driveToPromise(selectWithFallback(this, Number.MAX_SAFE_INTEGER, 'hedge', groups, retryStartTier(this.rt, this.groupUpstream)));
     } catch (e) {
-      this.racingPrimary = undefined;
-      this.racing = false;
+      this.race = undefined;
       if (!this.finished) this.restore(primary);
       throw e;
     }
-    this.racingPrimary = undefined;
+    race.primary = undefined;
     // the client left during the setup: finalize() has released both sides already
     if (this.finished) {
-      this.racing = false;
+      this.race = undefined;
       return null;
     }
     const other = ok ? this.racer() : undefined;
     this.restore(primary);
     if (!other) {
-      this.racing = false;
+      this.race = undefined;
       return null;
     }
-    this.hedgeRacer = other;
+    race.hedge = other;
     this.upstreamRetries++;
     return other.view;
   }
@@ -501,10 +499,9 @@ export class RequestRun implements RunHandle {
    * the loser and counts neither way. Only the winner can be pinned.
    */
   async settleHedge(winner: 'primary' | 'hedge', loserFailure?: RetryFailure): Promise<void> {
-    const h = this.hedgeRacer;
+    const h = this.race?.hedge;
     if (!h) return;
-    this.hedgeRacer = undefined;
-    this.racing = false;
+    this.race = undefined;
     const primary = this.racer();
     const loser = winner === 'hedge' ? primary : h;
     if (winner === 'hedge') {
@@ -608,14 +605,13 @@ export class RequestRun implements RunHandle {
       if (!ok && !this.usageReported && this.current?.limits?.tpm) limits.correctTokens(this.hold, 0);
     }
     if (this.entered !== undefined) limits.leave(this.entered);
-    if (this.hedgeRacer) {
-      this.dropRacer(this.hedgeRacer);
-      this.hedgeRacer = undefined;
-    }
-    const primary = this.racingPrimary;
-    if (primary) {
-      if (primary.hold !== undefined) limits.release(primary.hold);
-      if (primary.entered !== undefined) limits.leave(primary.entered);
+    const race = this.race;
+    if (race) {
+      this.race = undefined;
+      if (race.hedge) this.dropRacer(race.hedge);
+      const primary = race.primary;
+      if (primary?.hold !== undefined) limits.release(primary.hold);
+      if (primary?.entered !== undefined) limits.leave(primary.entered);
     }
     const cur = this.current;
     if (!cur) return;

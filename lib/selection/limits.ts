@@ -155,11 +155,15 @@ export class LimitBook {
     hold.released = true;
     this.holds.delete(hold.lease);
     let sent: Promise<void> | undefined;
+    const store = this.cfg.store;
     if (this.local) this.local.release(hold.key, hold.lease);
-    else {
-      const store = this.cfg.store;
-      sent = this.guard.run('releaseSlot', async () => store.releaseSlot?.(hold.key, hold.lease), undefined);
-    }
+    else if (store.releaseSlotSync) {
+      try {
+        store.releaseSlotSync(hold.key, hold.lease);
+      } catch (e) {
+        this.guard.report('releaseSlot', e);
+      }
+    } else sent = this.guard.run('releaseSlot', async () => store.releaseSlot?.(hold.key, hold.lease), undefined);
     this.full.delete(hold.channelId);
     this.queue.notify();
     return sent;

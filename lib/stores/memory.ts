@@ -242,6 +242,10 @@ export class MemoryStore implements Store {
     this.slots.release(key, lease);
   }
 
+  releaseSlotSync(key: string, lease: string): void {
+    this.slots.release(key, lease);
+  }
+
   async renewSlots(holds: ReadonlyArray<{ key: string; lease: string }>, until: number): Promise<void> {
     this.slots.renew(holds, until);
   }

@@ -128,6 +128,8 @@ export interface Store {
   acquireSlotSync?(req: SlotRequest): SlotReply | undefined;
   /** Releases a hold's concurrency slot (its rpm/tpm counts stay for their window). */
   releaseSlot?(key: string, lease: string): Promise<void>;
+  /** `releaseSlot()` without a promise, for an in-process store. Optional. */
+  releaseSlotSync?(key: string, lease: string): void;
   /** Extends live concurrency holds to `until` (epoch ms). */
   renewSlots?(holds: ReadonlyArray<{ key: string; lease: string }>, until: number): Promise<void>;
   /** Adds `tokens` (may be negative: an estimate corrected by the reported usage) to the tpm count of a hold taken at `at`. */
