@@ -28,14 +28,7 @@ import express from 'express';
 import { Agent, request } from 'undici';
 import { distributor, type ChannelInput, type Logger } from '../lib';
 import { relay } from '../lib/entry/relay';
-import { median, pinCpus, stop, waitPort, type Server } from './lib';
-
-const num = (name: string, dflt: number) => {
-  const v = process.env[name];
-  const n = v === undefined || v === '' ? dflt : Number(v);
-  if (!Number.isFinite(n) || n < 0) throw new Error(`${name} must be a number >= 0`);
-  return n;
-};
+import { envNumber as num, median, pinCpus, stop, waitPort, type Server } from './lib';
 
 const MODEL = 'gpt-4o-mini';
 

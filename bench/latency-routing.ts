@@ -24,14 +24,7 @@ import path from 'node:path';
 import express from 'express';
 import { distributor, type ChannelInput, type Logger, type SelectionStrategy } from '../lib';
 import { relay } from '../lib/entry/relay';
-import { load, median, pinCpus, stop, waitPort, type LoadResult, type Server } from './lib';
-
-const num = (name: string, dflt: number) => {
-  const v = process.env[name];
-  const n = v === undefined || v === '' ? dflt : Number(v);
-  if (!Number.isFinite(n) || n < 0) throw new Error(`${name} must be a number >= 0`);
-  return n;
-};
+import { envNumber as num, load, median, pinCpus, stop, waitPort, type LoadResult, type Server } from './lib';
 
 const MODEL = 'gpt-4o-mini';
 

@@ -113,3 +113,11 @@ export const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
   return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 };
+
+/** A number >= 0 from the environment (a bench knob), or `dflt` when unset. */
+export function envNumber(name: string, dflt: number): number {
+  const v = process.env[name];
+  const n = v === undefined || v === '' ? dflt : Number(v);
+  if (!Number.isFinite(n) || n < 0) throw new Error(`${name} must be a number >= 0`);
+  return n;
+}
