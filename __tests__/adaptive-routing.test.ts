@@ -80,7 +80,8 @@ describe('selection.strategy: lowest-latency', () => {
     a.reset();
     b.reset();
     await burst(gw.url, 40, 4);
-    expect(a.count).toBeGreaterThan(30); // without re-measuring, a would stay out (0 + explore share 0)
+    // expected 32 of 40 (the explore share, 0.2 here, goes to b now); without re-measuring a would get 0
+    expect(a.count).toBeGreaterThanOrEqual(24);
   });
 
   test('a cold first answer does not dominate: the first samples are averaged plainly, then the exponential average takes over', async () => {
