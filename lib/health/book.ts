@@ -286,7 +286,8 @@ export class HealthBook {
       if (m.keyIndex === undefined) return;
       let keys = this.keyCools.get(m.channelId);
       if (m.until <= Date.now()) {
-        keys?.delete(m.keyIndex);
+        // an ended mark removes only what it describes, never a later cooldown learnt here
+        if (keys && (keys.get(m.keyIndex) ?? 0) <= m.until) keys.delete(m.keyIndex);
         if (keys && keys.size === 0) this.keyCools.delete(m.channelId);
         return;
       }
