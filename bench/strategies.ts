@@ -19,7 +19,7 @@ function runtimeFor(strategy: SelectionStrategy, size: number) {
   const cfg = resolveOptions({ channels, logger: { warn() {}, error() {} }, selection: { strategy } });
   const rt = createRuntime(cfg, () => undefined);
   for (let i = 1; i <= size; i++) {
-    for (let k = 0; k < 5; k++) rt.latency.record(i, 'gpt-5', 100 + ((i * 37) % 400), false);
+    for (let k = 0; k < 5; k++) rt.latency.record(i, 'gpt-5', 100 + ((i * 37) % 400));
     for (let k = 0; k < i % 4; k++) rt.limits.enter(i);
   }
   return rt;

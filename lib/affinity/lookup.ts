@@ -9,6 +9,7 @@ import type { Runtime } from '../runtime';
 import type { Steps } from '../steps';
 import { ChannelStatus, type AffinityInfo, type StaleReason } from '../types';
 import { matchAffinity } from './key';
+import { uniqueToken } from '../unique-token';
 import { parsePin, reservationValue, type PinTarget } from './layout';
 
 /** Why a pin cannot be used, or the group it serves in. */
@@ -25,7 +26,8 @@ function checkPin(rt: Runtime, run: RequestRun, id: number): { reason: StaleReas
   }
   if (group === undefined) return { reason: 'ineligible' };
   const now = Date.now();
-  if (rt.health.unavailable(id, now)) return { reason: rt.health.unavailableReason(id, now) ?? 'cooling' };
+  const unavailable = rt.health.unavailableReason(id, now);
+  if (unavailable !== undefined) return { reason: unavailable };
   // at its limits: it serves nothing this request, and keeps its pin
   if (rt.limits.isFull(id, now)) return { reason: 'saturated' };
   return { ch, group };
@@ -178,7 +180,7 @@ export function* reserveSession(rt: Runtime, run: RequestRun): Steps<void> {
     if (early !== undefined && early.held === null) run.reservedValue = early.own;
     replacing = replacedBy(rt, run);
     if (info.hit && replacing === undefined) return; // a stale pin that is kept stays as it is
-    own = reservationValue(run.pinOf(cur, run.currentKeyIndex), reservationToken());
+    own = reservationValue(run.pinOf(cur, run.currentKeyIndex), uniqueToken());
     held = (yield rt.guard.reservePin(cfg.store, match.key, own, cfg.affinity.reserveTtlMs, replacing)) as string | null | undefined;
   }
   if (held === null) {
@@ -235,7 +237,7 @@ export function startReservation(rt: Runtime, run: RequestRun, ch: RegisteredCha
   if (info.hit && info.stale === undefined) return undefined;
   const replacing = replacedBy(rt, run);
   if (info.hit && replacing === undefined) return undefined;
-  const own = reservationValue(run.pinOf(ch, keyIndex), reservationToken());
+  const own = reservationValue(run.pinOf(ch, keyIndex), uniqueToken());
   return { channelId: ch.id, own, replacing, held: rt.guard.reservePin(rt.cfg.store, match.key, own, rt.cfg.affinity.reserveTtlMs, replacing) };
 }
 
@@ -272,13 +274,4 @@ function adopt(run: RequestRun, held: string, pin: PinTarget, channelId: number)
   run.pinnedKey = pin.keyIndex;
   run.provisional = pin.provisional;
   run.note('affinity:coalesced');
-}
-
-let tokenCounter = 0;
-const processTag = Math.random().toString(36).slice(2, 8);
-
-/** A token unique to the reserving request (process tag + counter: no randomness per request). */
-function reservationToken(): string {
-  tokenCounter = (tokenCounter + 1) % Number.MAX_SAFE_INTEGER;
-  return `${processTag}${tokenCounter.toString(36)}`;
 }

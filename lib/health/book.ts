@@ -209,16 +209,14 @@ export class HealthBook {
    * (local, no I/O; one map lookup when nothing is ejected and no key cools)
    */
   unavailable(id: number, now = Date.now()): boolean {
-    if (this.cooldowns.size !== 0 && this.isCooling(id, now)) return true;
-    if (this.ejectedNow !== 0 && this.isEjected(id, now)) return true;
-    return this.keyCools.size !== 0 && this.allKeysCooling(id, now);
+    return this.unavailableReason(id, now) !== undefined;
   }
 
-  /** Why `unavailable()`: for a pin's stale reason. */
+  /** Why `unavailable()` (a pin's stale reason), or undefined when the channel can serve. */
   unavailableReason(id: number, now = Date.now()): 'cooling' | 'ejected' | undefined {
-    if (this.isCooling(id, now)) return 'cooling';
-    if (this.isEjected(id, now)) return 'ejected';
-    if (this.allKeysCooling(id, now)) return 'cooling';
+    if (this.cooldowns.size !== 0 && this.isCooling(id, now)) return 'cooling';
+    if (this.ejectedNow !== 0 && this.isEjected(id, now)) return 'ejected';
+    if (this.keyCools.size !== 0 && this.allKeysCooling(id, now)) return 'cooling';
     return undefined;
   }
 
@@ -274,10 +272,15 @@ export class HealthBook {
    */
   coolKey(ch: RegisteredChannel, k: number, ms: number): void {
     const until = Date.now() + ms;
-    this.applyMark({ kind: 'key', channelId: ch.id, keyIndex: k, until });
-    void this.guard.run('setMark', async () => this.cfg.store.setMark?.({ kind: 'key', channelId: ch.id, keyIndex: k, until }), undefined);
+    this.shareMark({ kind: 'key', channelId: ch.id, keyIndex: k, until });
     this.cfg.logger.warn('channel key cooling down', { channelId: ch.id, keyIndex: k, until: new Date(until).toISOString() });
     callHook(this.cfg, 'health', { channelId: ch.id, event: 'key_cooldown', keyIndex: k, until });
+  }
+
+  /** A mark made here: applied now, and sent to the store for the other instances (fails soft). */
+  private shareMark(mark: HealthMark): void {
+    this.applyMark(mark);
+    void this.guard.run('setMark', async () => this.cfg.store.setMark?.(mark), undefined);
   }
 
   /** Applies an ejection or a cooling key learnt from any instance (a later end wins). */
@@ -325,8 +328,7 @@ export class HealthBook {
     const count = prev && prev.until > now - policy.maxEjectionMs ? prev.count + 1 : 1;
     const until = now + outlier.ejectionMs(count);
     outlier.reset(ch.id);
-    this.applyMark({ kind: 'eject', channelId: ch.id, until, count });
-    void this.guard.run('setMark', async () => this.cfg.store.setMark?.({ kind: 'eject', channelId: ch.id, until, count }), undefined);
+    this.shareMark({ kind: 'eject', channelId: ch.id, until, count });
     this.cfg.logger.warn('channel ejected as an outlier', { channelId: ch.id, until: new Date(until).toISOString(), ejections: count });
     callHook(this.cfg, 'health', { channelId: ch.id, event: 'ejected', until });
   }

@@ -10,7 +10,7 @@ import type { AffinityInfo, Attempt, Channel, Distribution, RetryFailure, StopRe
 export interface RunHandle {
   retry(failure: RetryFailure): Promise<Channel | null>;
   reportUsage(usage: UsageReport): void;
-  reportLatency(ms: number, firstByte: boolean): void;
+  reportLatency(ms: number): void;
   fail(failure: RetryFailure): Promise<void>;
   signal(): AbortSignal;
   callerSecrets(): string[];
@@ -78,8 +78,9 @@ export class DistributionRecord implements Distribution {
   }
 
   /** Reports the current channel's latency for this request (relay() does it itself). */
-  reportLatency(ms: number, opts?: { firstByte?: boolean }): void {
-    this[RUN].reportLatency(ms, opts?.firstByte === true);
+  reportLatency(ms: number, _opts?: { firstByte?: boolean }): void {
+    // a first byte (a stream) and a total time (anything else) feed the same average
+    this[RUN].reportLatency(ms);
   }
 
   /** Aborted when the client leaves before the response finished (created on first use). */

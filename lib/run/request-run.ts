@@ -318,29 +318,35 @@ export class RequestRun implements RunHandle {
    * Records an upstream failure of the current channel: the attempt, health, and whether the pin
    * must go. Returns undefined when this attempt's failure was already recorded.
    */
-  private async noteFailure(cur: RegisteredChannel, failure: RetryFailure): Promise<{ status?: number; retryable: boolean; rotated: boolean } | undefined> {
+  private async noteFailure(cur: RegisteredChannel, failure: RetryFailure): Promise<{ status?: number; retryable: boolean; keyOnly: boolean } | undefined> {
     if (this.toldFailure) return undefined;
-    const status = typeof failure.status === 'number' ? failure.status : undefined;
-    const reason = failure.error !== undefined ? this.redact(errorText(failure.error, 'upstream failed'), cur).slice(0, 200) : undefined;
-    this.d.attempts.push({ channelId: cur.id, phase: 'upstream', status, reason });
-    this.note(`upstream ${status ?? 'error'} ch=${cur.id}`);
     this.toldFailure = true;
     this.groupUpstream++;
+    return this.recordUpstreamFailure(cur, this.currentKeyIndex, failure);
+  }
+
+  /**
+   * One upstream failure of a channel and key (the current one, or a hedge racer): the attempt
+   * and trace step, key rotation, the pin, and health. `keyOnly`: the key cooled and another key
+   * of the channel can serve (so the channel pin stays; the next request moves it to that key).
+   */
+  private async recordUpstreamFailure(ch: RegisteredChannel, keyIndex: number | undefined, failure: RetryFailure): Promise<{ status?: number; retryable: boolean; keyOnly: boolean }> {
+    const status = typeof failure.status === 'number' ? failure.status : undefined;
+    const reason = failure.error !== undefined ? this.redact(errorText(failure.error, 'upstream failed'), ch).slice(0, 200) : undefined;
+    this.d.attempts.push({ channelId: ch.id, phase: 'upstream', status, reason });
+    this.note(`upstream ${status ?? 'error'} ch=${ch.id}`);
     const retryable = isRetryable(this.rt.cfg.retry.statusTable, status);
-    const rotated = this.coolKey(cur, status, failure.retryAfterMs);
-    // a key that cools is the key's failure, not the channel's: while another key of the channel
-    // can serve, the channel pin stays (the next request moves it to that key)
-    const keyOnly = rotated && this.rt.keys.hasOther(cur, this.currentKeyIndex as number, this.rt.health.keySkip(cur.id));
-    if (retryable && !keyOnly && this.d.affinity?.used && cur.id === this.pinnedId) this.pinFailed = true;
-    await this.rt.health.recordFailure(cur, this.currentKeyIndex, { ...failure, status }, () => callerTextOf(this.req));
-    return { status, retryable, rotated };
+    const keyOnly = this.coolKey(ch, status, failure.retryAfterMs, keyIndex) && this.rt.keys.hasOther(ch, keyIndex as number, this.rt.health.keySkip(ch.id));
+    if (retryable && !keyOnly && this.d.affinity?.used && ch.id === this.pinnedId) this.pinFailed = true;
+    await this.rt.health.recordFailure(ch, keyIndex, { ...failure, status }, () => callerTextOf(this.req));
+    return { status, retryable, keyOnly };
   }
 
   /**
    * `retry.rotateKey`: a 429 or 401 from one key of a multi-key channel cools that key (for the
    * Retry-After, else the cooldown duration, else 30 s; at most 10 min). True when it did.
    */
-  private coolKey(cur: RegisteredChannel, status: number | undefined, retryAfterMs: number | undefined, k = this.currentKeyIndex): boolean {
+  private coolKey(cur: RegisteredChannel, status: number | undefined, retryAfterMs: number | undefined, k: number | undefined): boolean {
     if (!this.rt.cfg.retry.rotateKey || (status !== 429 && status !== 401) || k === undefined || cur.keys.length < 2) return false;
     const given = typeof retryAfterMs === 'number' && retryAfterMs > 0 ? retryAfterMs : undefined;
     const ms = Math.min(given ?? this.rt.cfg.health.cooldown?.durationMs ?? 30_000, 600_000);
@@ -378,7 +384,7 @@ export class RequestRun implements RunHandle {
     const noted = await this.noteFailure(cur, failure);
     // already reported (a second retry() or fail() for the same attempt): same answer, no new record
     if (!noted) return this.d.stopReason ? null : this.stop('no_channel', failure.status);
-    const { status, retryable, rotated } = noted;
+    const { status, retryable, keyOnly } = noted;
     const refused = retryRefusal({
       specific: this.specific,
       retryable,
@@ -399,8 +405,7 @@ export class RequestRun implements RunHandle {
     const groups = retryGroups(this.d.group, this.groups, this.d.selectedGroup, this.ctx);
     const from = cur.id;
     // retry.rotateKey: another key of the same channel first (the channel stays in `tried` once)
-    let ok = rotated && this.rt.keys.hasOther(cur, this.currentKeyIndex as number, this.rt.health.keySkip(cur.id)) &&
-      await driveToPromise(this.trySetup(cur, this.d.selectedGroup));
+    let ok = keyOnly && await driveToPromise(this.trySetup(cur, this.d.selectedGroup));
     if (ok) this.note(`rotate_key ch=${cur.id} key=${this.currentKeyIndex}`);
     // Setup failures here are bounded by the channel count (each channel is tried once).
     if (!ok) ok = await driveToPromise(selectWithFallback(this, Number.MAX_SAFE_INTEGER, 'retry', groups, retryStartTier(this.rt, this.groupUpstream)));
@@ -514,26 +519,13 @@ export class RequestRun implements RunHandle {
       if (primary.group !== h.group) this.groupUpstream = 0;
     }
     this.dropRacer(loser);
-    if (loserFailure) await this.recordRacerFailure(loser, loserFailure);
+    if (loserFailure) await this.recordUpstreamFailure(loser.ch, loser.key, loserFailure);
     else {
       this.d.attempts.push({ channelId: loser.ch.id, phase: 'upstream', reason: 'hedge_lost' });
       this.note(`hedge_lost ch=${loser.ch.id}`);
     }
     if (winner === 'hedge') this.note(`hedge_won ch=${h.ch.id}`);
     if (this.rt.cfg.traceHeader && !this.res.headersSent) this.res.setHeader(TRACE_HEADER, traceHeaderValue(this.d.trace));
-  }
-
-  /** A hedge racer's failure: the attempt, health and the pin, as noteFailure does for the current channel. */
-  private async recordRacerFailure(r: Racer, failure: RetryFailure): Promise<void> {
-    const status = typeof failure.status === 'number' ? failure.status : undefined;
-    const reason = failure.error !== undefined ? this.redact(errorText(failure.error, 'upstream failed'), r.ch).slice(0, 200) : undefined;
-    this.d.attempts.push({ channelId: r.ch.id, phase: 'upstream', status, reason });
-    this.note(`upstream ${status ?? 'error'} ch=${r.ch.id}`);
-    const retryable = isRetryable(this.rt.cfg.retry.statusTable, status);
-    const rotated = this.coolKey(r.ch, status, failure.retryAfterMs, r.key);
-    const keyOnly = rotated && this.rt.keys.hasOther(r.ch, r.key as number, this.rt.health.keySkip(r.ch.id));
-    if (retryable && !keyOnly && this.d.affinity?.used && r.ch.id === this.pinnedId) this.pinFailed = true;
-    await this.rt.health.recordFailure(r.ch, r.key, { ...failure, status }, () => callerTextOf(this.req));
   }
 
   private racer(): Racer {
@@ -577,11 +569,11 @@ export class RequestRun implements RunHandle {
   }
 
   /** The relay's latency report for the current channel (`lowest-latency` learns from it). */
-  reportLatency(ms: number, firstByte: boolean): void {
+  reportLatency(ms: number): void {
     const cur = this.current;
     if (!cur || this.latencyReported || typeof ms !== 'number' || !(ms >= 0 && ms <= 600_000)) return;
     this.latencyReported = true;
-    this.rt.latency.record(cur.id, this.d.model, ms, firstByte);
+    this.rt.latency.record(cur.id, this.d.model, ms);
   }
 
   // ---- the response is done -----------------------------------------------------------------

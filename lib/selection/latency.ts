@@ -20,7 +20,8 @@ export class LatencyBook {
     this.alpha = 1 - Math.pow(0.5, 1 / halfLife);
   }
 
-  record(channelId: number, model: string, ms: number, _firstByte: boolean): void {
+  /** One sample: time to first byte for a stream, total time otherwise (both feed the one average, API.md 11.4). */
+  record(channelId: number, model: string, ms: number): void {
     // Only finite non-negative numbers: a string that passes a `>= 0` check ('5') would make the
     // average text, then NaN after the next sample, and lowest-latency would pick nothing (503).
     if (typeof ms !== 'number' || !Number.isFinite(ms) || ms < 0) return;

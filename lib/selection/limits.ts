@@ -13,6 +13,7 @@ import type { StoreGuard } from '../store-guard';
 import { SlotCounter, LIMIT_WINDOW_MS } from '../stores/slots';
 import type { SlotReply, SlotRequest } from '../stores/store';
 import { OverflowQueue } from './overflow';
+import { uniqueToken } from '../unique-token';
 
 /** A concurrency hold lapses after this unless renewed (a crashed instance leaks a slot for at most this). */
 export const LEASE_MS = 120_000;
@@ -33,14 +34,6 @@ export interface Hold {
 
 export function limitKey(channelId: number, keyIndex: number): string {
   return `lim:{${channelId}}:${keyIndex < 0 ? 'c' : keyIndex}`;
-}
-
-let leaseCounter = 0;
-const processTag = Math.random().toString(36).slice(2, 8);
-
-function newLease(): string {
-  leaseCounter = (leaseCounter + 1) % Number.MAX_SAFE_INTEGER;
-  return `${processTag}.${leaseCounter.toString(36)}`;
 }
 
 export class LimitBook {
@@ -113,7 +106,7 @@ export class LimitBook {
       tpm: limits.tpm ?? 0,
       maxConcurrency: limits.maxConcurrency ?? 0,
       tokens: limits.tpm ? tokens : 0,
-      lease: newLease(),
+      lease: uniqueToken(),
       leaseMs: LEASE_MS,
       now,
     };

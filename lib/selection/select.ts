@@ -37,14 +37,18 @@ export function pickFromTier(tier: Tier, eligible: Eligible, random: () => numbe
   }
   // Many excluded: filter once and pick exactly among what is left.
   const pool: RegisteredChannel[] = [];
-  let sum = 0;
-  for (let i = 0; i < n; i++) {
-    if (eligible(packed[3 * i + 2])) {
-      pool.push(channels[i]);
-      sum += channels[i].weight;
-    }
-  }
+  for (let i = 0; i < n; i++) if (eligible(packed[3 * i + 2])) pool.push(channels[i]);
+  return pickByWeight(pool, random);
+}
+
+/**
+ * A weighted pick among `pool` (undefined when empty); equal chances when every weight is 0 (the
+ * reference's smoothing). Also the tie-break of the adaptive strategies (./strategy.ts).
+ */
+export function pickByWeight(pool: readonly RegisteredChannel[], random: () => number): RegisteredChannel | undefined {
   if (pool.length === 0) return undefined;
+  let sum = 0;
+  for (const ch of pool) sum += ch.weight;
   if (sum === 0) return pool[clampIndex(random() * pool.length, pool.length)];
   let r = Math.min(random(), 0.9999999999999999) * sum;
   for (const ch of pool) {

@@ -4,7 +4,7 @@
 import type { RegisteredChannel, Tier } from '../channels/registry';
 import type { Config } from '../options';
 import type { LatencyBook } from './latency';
-import { pickFromTier, type Eligible } from './select';
+import { pickByWeight, pickFromTier, type Eligible } from './select';
 
 /** Chooses one eligible channel of a tier. */
 export type TierPick = (tier: Tier, eligible: Eligible, random: () => number) => RegisteredChannel | undefined;
@@ -16,20 +16,6 @@ export interface LiveSignals {
   /** The channel's most used limit as a fraction (0 without limits). */
   usage(id: number, now: number): number;
   latency: LatencyBook;
-}
-
-/** A weighted pick among `pool` (equal chances when every weight is 0). */
-function byWeight(pool: readonly RegisteredChannel[], random: () => number): RegisteredChannel | undefined {
-  if (pool.length <= 1) return pool[0];
-  let sum = 0;
-  for (const ch of pool) sum += ch.weight;
-  if (sum === 0) return pool[Math.min(pool.length - 1, Math.floor(random() * pool.length))];
-  let r = Math.min(random(), 0.9999999999999999) * sum;
-  for (const ch of pool) {
-    r -= ch.weight;
-    if (r < 0) return ch;
-  }
-  return pool[pool.length - 1];
 }
 
 /** The eligible channels with the lowest score, weight breaking ties. */
@@ -44,7 +30,7 @@ function lowest(tier: Tier, eligible: Eligible, random: () => number, score: (ch
       pool = [ch];
     } else if (s === best) pool.push(ch);
   }
-  return byWeight(pool, random);
+  return pickByWeight(pool, random);
 }
 
 /**
@@ -66,17 +52,17 @@ function lowestLatency(tier: Tier, eligible: Eligible, random: () => number, mod
       if (s.avg < best) best = s.avg;
     }
   }
-  if (sampled.length === 0) return byWeight(unsampled, random);
+  if (sampled.length === 0) return pickByWeight(unsampled, random);
   const explore = random() < o.explore;
-  if (explore && unsampled.length > 0) return byWeight(unsampled, random);
+  if (explore && unsampled.length > 0) return pickByWeight(unsampled, random);
   const limit = best * (1 + o.buffer);
   const near: RegisteredChannel[] = [];
   const far: RegisteredChannel[] = [];
   for (const ch of sampled) ((stats?.get(ch.id)?.avg ?? Infinity) <= limit ? near : far).push(ch);
   // with every channel measured, the explore share re-measures the slower ones: a channel that
   // was slow once (a cold connection, a bad minute) is seen again when it recovers
-  if (explore && far.length > 0) return byWeight(far, random);
-  return byWeight(near, random);
+  if (explore && far.length > 0) return pickByWeight(far, random);
+  return pickByWeight(near, random);
 }
 
 /** The tier pick of the configured strategy, for one request's model. */
