@@ -30,7 +30,7 @@
 // tokens (Anthropic: a cache write), a later one on the same key floor(0.9 x prompt tokens).
 // Another mock, or another key, has its own cache (a miss).
 import http from 'node:http';
-import type { AddressInfo, Socket } from 'node:net';
+import net, { type AddressInfo, type Socket } from 'node:net';
 import {
   AUTH_HEADER, anthropicEvents, anthropicMessage, authProblem, embeddingsResponse, errorBody, geminiResponse, geminiStream, routeOf,
   type MockProtocol, type MockRoute, type ProtocolUsage,
@@ -528,8 +528,21 @@ export function startMockUpstream(options: MockUpstreamOptions = {}): Promise<Mo
   });
 }
 
-/** A loopback URL where nothing listens (a port taken, then released): connection refused. */
-export function closedPortUrl(host = '127.0.0.1'): Promise<string> {
+/**
+ * A loopback URL where nothing listens: connection refused. Port 1 (privileged: no test or mock
+ * can take it, unlike a released free port, which the next `listen(0)` in another test may get
+ * and answer on); only if something does listen there, a port taken and released.
+ */
+export async function closedPortUrl(host = '127.0.0.1'): Promise<string> {
+  const refused = await new Promise<boolean>((resolve) => {
+    const socket = net.connect({ host, port: 1 });
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve(false);
+    });
+    socket.once('error', (e: NodeJS.ErrnoException) => resolve(e.code === 'ECONNREFUSED'));
+  });
+  if (refused) return `http://${host}:1`;
   return new Promise((resolve, reject) => {
     const s = http.createServer();
     s.once('error', reject);
