@@ -112,8 +112,9 @@ describe('npm run start:adaptive', () => {
     expect(String(next.headers['x-distributor-trace'])).not.toContain('upstream 429');
   });
 
-  test('outlier ejection: flaky (80 % failures) is ejected within 40 requests, and never more than half of the three', async () => {
-    for (let i = 0; i < 40; i++) await chat(gw, 'gpt-4.1-mini');
+  test('outlier ejection: flaky (80 % failures) is ejected within 80 requests, and never more than half of the three', async () => {
+    // a third of first picks go to flaky (~27 of 80; the ejection needs 10 attempts in the window)
+    for (let i = 0; i < 80; i++) await chat(gw, 'gpt-4.1-mini');
     expect(gw.distributor.health(6)?.ejectedUntil).toBeGreaterThan(Date.now());
     const ejected = [6, 7, 8].filter((id) => gw.distributor.health(id)?.ejectedUntil !== null);
     expect(ejected).toEqual([6]);
